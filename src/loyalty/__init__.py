@@ -1,0 +1,1 @@
+"""Loyalty Points API: a standalone service for customers' loyalty point balances."""

@@ -1,0 +1,50 @@
+"""JWTs: HS256 only, signed with the service's secret, carrying the user id."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+
+from loyalty.errors import Unauthorized
+
+ALGORITHM = "HS256"
+TOKEN_MAX = 4096
+
+
+def issue_token(secret: str, user_id: str, scopes: frozenset[str], ttl_seconds: int) -> str:
+    now = int(time.time())
+    claims = {
+        "sub": user_id,
+        "scopes": sorted(scopes),
+        "iat": now,
+        "exp": now + ttl_seconds,
+    }
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The token of an `Authorization: Bearer <token>` header, or 401."""
+    if not authorization or len(authorization) > TOKEN_MAX:
+        raise Unauthorized()
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized()
+    return token.strip()
+
+
+def user_id_from_token(secret: str, token: str) -> str:
+    """The user id a valid token was issued to; 401 for anything forged, expired or odd."""
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=[ALGORITHM],
+            options={"require": ["sub", "exp", "iat"]},
+        )
+    except jwt.PyJWTError:
+        raise Unauthorized() from None
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not subject:
+        raise Unauthorized()
+    return subject

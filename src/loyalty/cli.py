@@ -1,0 +1,164 @@
+"""The `loyalty` command: serve, db migrate, user create / delete, verify.
+
+Thin: each subcommand reads the settings, opens the database and calls the same services
+the HTTP routes use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from loyalty import migrate
+from loyalty.auth import service as auth
+from loyalty.auth.scopes import ALL_SCOPES
+from loyalty.config import ConfigError, Settings
+from loyalty.db import Database, open_database
+from loyalty.errors import LoyaltyError
+from loyalty.ledger.verify import verify
+
+T = TypeVar("T")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loyalty", description="Loyalty Points API service")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="apply migrations, then serve the HTTP API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=9000)
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+
+    db = commands.add_parser("db", help="database maintenance")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    db_commands.add_parser("migrate", help="apply pending migrations")
+
+    user = commands.add_parser("user", help="admin users")
+    user_commands = user.add_subparsers(dest="user_command", required=True)
+    create = user_commands.add_parser("create", help="create an admin user; prints its id")
+    create.add_argument("--email", required=True)
+    secret = create.add_mutually_exclusive_group(required=True)
+    secret.add_argument("--password")
+    secret.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    create.add_argument(
+        "--scope",
+        action="append",
+        dest="scopes",
+        metavar="SCOPE",
+        help=f"repeatable; default: every scope ({', '.join(ALL_SCOPES)})",
+    )
+    create.add_argument("--first-name")
+    create.add_argument("--last-name")
+    delete = user_commands.add_parser(
+        "delete", help="delete an admin user; its tokens stop working"
+    )
+    delete.add_argument("--email", required=True)
+
+    commands.add_parser("verify", help="check every ledger invariant; exit 1 if any fails")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        if args.command == "serve":
+            _serve(settings, args.host, args.port, args.workers)
+        elif args.command == "db":
+            migrate.upgrade(settings.database_url)
+            print("migrations applied")
+        elif args.command == "user" and args.user_command == "create":
+            _user_create(settings, args)
+        elif args.command == "user":
+            _user_delete(settings, args.email)
+        elif args.command == "verify":
+            migrate.upgrade(settings.database_url)
+            ok = _with_db(settings, lambda db: verify(db, print))
+            sys.exit(0 if ok else 1)
+    except (ConfigError, ValueError) as error:
+        _fail(str(error))
+    except LoyaltyError as error:
+        _fail(error.message)
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _with_db(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
+    async def run() -> T:
+        db = await open_database(settings.database_url, pool_size=2)
+        try:
+            return await work(db)
+        finally:
+            await db.close()
+
+    return asyncio.run(run())
+
+
+def _user_create(settings: Settings, args: argparse.Namespace) -> None:
+    password = sys.stdin.readline().rstrip("\r\n") if args.password_stdin else args.password
+    scopes = tuple(args.scopes) if args.scopes else ALL_SCOPES
+    migrate.upgrade(settings.database_url)
+    user = _with_db(
+        settings,
+        lambda db: auth.create_user(
+            db, args.email, password, scopes, args.first_name, args.last_name
+        ),
+    )
+    print(user.id)
+
+
+def _user_delete(settings: Settings, email: str) -> None:
+    user_id = _with_db(settings, lambda db: auth.delete_user(db, email))
+    if user_id is None:
+        _fail(f"no user with email {email}")
+    print(user_id)
+
+
+def _serve(settings: Settings, host: str, port: int, workers: int) -> None:
+    import uvicorn
+
+    if not 1 <= workers <= 64:
+        raise ValueError("--workers must be between 1 and 64")
+    if not 0 < port < 65536:
+        raise ValueError("--port must be between 1 and 65535")
+    migrate.upgrade(settings.database_url)
+
+    async def prepare(db: Database) -> tuple[str, str] | None:
+        await auth.ensure_jwt_secret(db, settings)
+        return await auth.ensure_first_admin(db, settings)
+
+    credentials = _with_db(settings, prepare)
+    if credentials is not None:
+        _announce_admin(*credentials)
+    uvicorn.run(
+        "loyalty.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+
+
+def _announce_admin(email: str, password: str) -> None:
+    rule = "=" * 72
+    print(
+        f"{rule}\n"
+        "  First start: an admin user was created. Save this password now;\n"
+        "  it is shown only this once.\n"
+        f"    email:    {email}\n"
+        f"    password: {password}\n"
+        f"{rule}",
+        flush=True,
+    )

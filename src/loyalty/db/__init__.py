@@ -1,0 +1,71 @@
+"""The database: one interface over SQLite (embedded default) and PostgreSQL.
+
+Repositories write SQL once, in PostgreSQL's dialect with `$1` parameters; the SQLite
+connection translates it. Transactions are begun and ended here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+Row = Any  # asyncpg.Record or sqlite3.Row: both index by position and by column name
+
+
+class UniqueViolation(Exception):
+    """An INSERT or UPDATE hit a unique constraint (the caller decides what it means)."""
+
+
+class Connection(Protocol):
+    async def fetch(self, sql: str, *args: Any) -> list[Row]: ...
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None: ...
+    async def fetchval(self, sql: str, *args: Any) -> Any: ...
+    async def execute(self, sql: str, *args: Any) -> None: ...
+    async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None: ...
+
+
+class Database(Protocol):
+    dialect: str
+
+    def write(self) -> AbstractAsyncContextManager[Connection]:
+        """A write transaction: committed when the block ends, rolled back if it raises."""
+        ...
+
+    def read(self, snapshot: bool = False) -> AbstractAsyncContextManager[Connection]:
+        """A connection for reads; with snapshot=True all reads see one consistent state."""
+        ...
+
+    async def ping(self) -> None:
+        """Raises DatabaseUnavailable unless the database answers."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+async def open_database(url: str, pool_size: int = 16) -> Database:
+    if url.startswith("sqlite:///"):
+        from loyalty.db.sqlite import SqliteDatabase
+
+        return await SqliteDatabase.open(sqlite_path(url))
+    if url.startswith(("postgresql://", "postgres://")):
+        from loyalty.db.postgres import PostgresDatabase
+
+        return await PostgresDatabase.open(url, pool_size)
+    raise ValueError("LOYALTY_DATABASE_URL must start with sqlite:/// or postgresql://")
+
+
+def sqlite_path(url: str) -> str:
+    """`sqlite:///./data/x.db` → `./data/x.db`; `sqlite:////abs/x.db` → `/abs/x.db`."""
+    path = url.removeprefix("sqlite:///")
+    if not path:
+        raise ValueError("the sqlite URL names no file")
+    return path
+
+
+def sqlalchemy_url(url: str) -> str:
+    """The same database as a SQLAlchemy URL, for migrations."""
+    if url.startswith("sqlite:///"):
+        return url
+    _scheme, rest = url.split("://", 1)
+    return f"postgresql+asyncpg://{rest}"

@@ -1,0 +1,99 @@
+"""PostgreSQL through an asyncpg pool (prepared statements are cached per connection)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+
+from loyalty.db import Connection, Row, UniqueViolation
+from loyalty.errors import DatabaseUnavailable
+
+ACQUIRE_TIMEOUT_S = 5.0
+COMMAND_TIMEOUT_S = 15.0
+CONNECT_TIMEOUT_S = 5.0
+
+# Errors that mean the database is unreachable or going away, rather than a bug in a query.
+_UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.CannotConnectNowError,
+)
+
+
+class _PgConnection:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        return list(await self._conn.fetch(sql, *args))
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        return await self._conn.fetchrow(sql, *args)
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        return await self._conn.fetchval(sql, *args)
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        await self._conn.execute(sql, *args)
+
+    async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
+        await self._conn.executemany(sql, list(args))
+
+
+class PostgresDatabase:
+    dialect = "postgresql"
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def open(cls, url: str, pool_size: int) -> PostgresDatabase:
+        try:
+            pool = await asyncpg.create_pool(
+                url,
+                min_size=1,
+                max_size=pool_size,
+                command_timeout=COMMAND_TIMEOUT_S,
+                timeout=CONNECT_TIMEOUT_S,
+            )
+        except _UNAVAILABLE as error:
+            raise DatabaseUnavailable() from error
+        return cls(pool)
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        try:
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+                yield conn
+        except asyncpg.UniqueViolationError as error:
+            raise UniqueViolation(str(error)) from error
+        except _UNAVAILABLE as error:
+            raise DatabaseUnavailable() from error
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[Connection]:
+        async with self._connection() as conn, conn.transaction():
+            yield _PgConnection(conn)
+
+    @asynccontextmanager
+    async def read(self, snapshot: bool = False) -> AsyncIterator[Connection]:
+        async with self._connection() as conn:
+            if not snapshot:
+                yield _PgConnection(conn)
+                return
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                yield _PgConnection(conn)
+
+    async def ping(self) -> None:
+        async with self.read() as conn:
+            await conn.fetchval("SELECT 1")
+
+    async def close(self) -> None:
+        await self._pool.close()

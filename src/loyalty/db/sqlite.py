@@ -1,0 +1,185 @@
+"""SQLite through the standard sqlite3 module, each connection on a thread of its own.
+
+Durability: WAL with synchronous=FULL, so a transaction that committed survives a crash of
+the process or the machine. Writers serialize with BEGIN IMMEDIATE, which takes SQLite's one
+write lock up front: across threads of one worker, across workers, across server processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, suppress
+from functools import lru_cache
+from typing import Any, TypeVar
+
+from loyalty.db import Connection, Row, UniqueViolation
+from loyalty.errors import DatabaseUnavailable
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 5000
+READERS = 4
+_PARAMETER = re.compile(r"\$(\d+)")
+# Primary result codes that mean "the database cannot be used right now", not a bug.
+_UNAVAILABLE_CODES = {
+    sqlite3.SQLITE_BUSY,
+    sqlite3.SQLITE_LOCKED,
+    sqlite3.SQLITE_READONLY,
+    sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_CORRUPT,
+    sqlite3.SQLITE_FULL,
+    sqlite3.SQLITE_CANTOPEN,
+    sqlite3.SQLITE_PROTOCOL,
+    sqlite3.SQLITE_NOTADB,
+}
+_UNIQUE_CODES = {sqlite3.SQLITE_CONSTRAINT_UNIQUE, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY}
+
+
+@lru_cache(maxsize=512)
+def translate(sql: str) -> str:
+    """PostgreSQL's dialect to SQLite's: `$1` → `?1`; row locks are implied by BEGIN IMMEDIATE."""
+    return _PARAMETER.sub(r"?\1", sql).replace(" FOR UPDATE", "")
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+class _ThreadConnection:
+    """One sqlite3 connection, used only from its own thread."""
+
+    def __init__(self, path: str) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._path = path
+        self._conn: sqlite3.Connection | None = None
+
+    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, work)
+
+    def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            if self._conn is None:
+                self._conn = _connect(self._path)
+            return work(self._conn)
+        except sqlite3.IntegrityError as error:
+            if error.sqlite_errorcode in _UNIQUE_CODES:
+                raise UniqueViolation(str(error)) from error
+            raise
+        except (sqlite3.OperationalError, sqlite3.DatabaseError) as error:
+            code = getattr(error, "sqlite_errorcode", None)
+            if code is not None and code & 0xFF in _UNAVAILABLE_CODES:
+                self._drop()
+                raise DatabaseUnavailable() from error
+            raise
+
+    def _drop(self) -> None:
+        # A connection that saw the file vanish or turn read-only is reopened next time.
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        text = translate(sql)
+        return await self.run(lambda c: c.execute(text, args).fetchall())
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        text = translate(sql)
+        return await self.run(lambda c: c.execute(text, args).fetchone())
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        row = await self.fetchrow(sql, *args)
+        return None if row is None else row[0]
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        text = translate(sql)
+        await self.run(lambda c: c.execute(text, args))
+
+    async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
+        text = translate(sql)
+        rows = list(args)
+        await self.run(lambda c: c.executemany(text, rows))
+
+    async def close(self) -> None:
+        await self.run(lambda c: c.close())
+        self._conn = None
+        self._executor.shutdown(wait=True)
+
+
+def _make_parent_dir(path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+class SqliteDatabase:
+    dialect = "sqlite"
+
+    def __init__(self, path: str) -> None:
+        self._writer = _ThreadConnection(path)
+        self._write_lock = asyncio.Lock()
+        self._readers: asyncio.Queue[_ThreadConnection] = asyncio.Queue()
+        for _ in range(READERS):
+            self._readers.put_nowait(_ThreadConnection(path))
+
+    @classmethod
+    async def open(cls, path: str) -> SqliteDatabase:
+        await asyncio.to_thread(_make_parent_dir, path)
+        return cls(path)
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[Connection]:
+        async with self._write_lock:
+            conn = self._writer
+            await conn.run(lambda c: c.execute("BEGIN IMMEDIATE"))
+            try:
+                yield conn
+                await conn.run(lambda c: c.execute("COMMIT"))
+            except BaseException:
+                await asyncio.shield(_guarded_rollback(conn))
+                raise
+
+    @asynccontextmanager
+    async def read(self, snapshot: bool = False) -> AsyncIterator[Connection]:
+        conn = await self._readers.get()
+        try:
+            if not snapshot:
+                yield conn
+                return
+            await conn.run(lambda c: c.execute("BEGIN"))
+            try:
+                yield conn
+            finally:
+                await asyncio.shield(_guarded_rollback(conn))
+        finally:
+            self._readers.put_nowait(conn)
+
+    async def ping(self) -> None:
+        async with self.read() as conn:
+            await conn.fetchval("SELECT count(*) FROM alembic_version")
+
+    async def close(self) -> None:
+        await self._writer.close()
+        while not self._readers.empty():
+            await self._readers.get_nowait().close()
+
+
+async def _guarded_rollback(conn: _ThreadConnection) -> None:
+    with suppress(DatabaseUnavailable):
+        await conn.run(_rollback)

@@ -1,0 +1,86 @@
+"""/admin/loyalty/points: adjust, balance, history."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from loyalty import timestamps
+from loyalty.auth.scopes import LOYALTY_READ, LOYALTY_WRITE
+from loyalty.context import AppContext
+from loyalty.errors import FieldError, InvalidData, MethodNotAllowed
+from loyalty.http import (
+    json_response,
+    parse_bool,
+    parse_page,
+    parse_with,
+    query_params,
+    read_json_object,
+)
+from loyalty.ledger import service
+from loyalty.ledger.schemas import ADJUST_FIELDS, CUSTOMER_ID_MAX, parse_adjust_body
+
+_ADJUST_PARAMS = frozenset({"include_history"})
+_HISTORY_PARAMS = frozenset({"limit", "offset", "order", "created_at[gte]", "created_at[lte]"})
+_EVERY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+_ORDERS = {"created_at": False, "-created_at": True}  # value: newest first
+
+
+def _path_customer_id(request: Request) -> str:
+    customer_id: str = request.path_params["customer_id"]
+    if len(customer_id) > CUSTOMER_ID_MAX:
+        message = f"customer_id must be at most {CUSTOMER_ID_MAX} characters"
+        raise InvalidData(message, [FieldError("customer_id", message)])
+    return customer_id
+
+
+def routes(ctx: AppContext) -> list[Route]:
+    async def adjust(request: Request) -> Response:
+        # Registered for every method so that GET .../adjust is a 405, not a balance lookup
+        # for a customer named "adjust".
+        if request.method != "POST":
+            raise MethodNotAllowed(
+                f"Method {request.method} is not allowed on {request.url.path}",
+                allow="POST",
+            )
+        principal = await ctx.principal(request, LOYALTY_WRITE)
+        params = query_params(request, _ADJUST_PARAMS)
+        include_history = parse_bool(params, "include_history", False)
+        body = parse_adjust_body(await read_json_object(request, ADJUST_FIELDS))
+        result = await service.adjust(
+            ctx.db,
+            body,
+            principal.user_id,
+            ctx.settings.allow_negative_balance,
+            include_history,
+        )
+        return json_response(result.to_json())
+
+    async def balance(request: Request) -> Response:
+        await ctx.principal(request, LOYALTY_READ)
+        query_params(request, frozenset())
+        return json_response(await service.get_balance(ctx.db, _path_customer_id(request)))
+
+    async def history(request: Request) -> Response:
+        await ctx.principal(request, LOYALTY_READ)
+        params = query_params(request, _HISTORY_PARAMS)
+        limit, offset = parse_page(params)
+        order = params.get("order", "-created_at")
+        if order not in _ORDERS:
+            message = "order must be created_at or -created_at"
+            raise InvalidData(message, [FieldError("order", message)])
+        gte = parse_with(params, "created_at[gte]", timestamps.parse)
+        lte = parse_with(params, "created_at[lte]", timestamps.parse)
+        adjustments, count = await service.history(
+            ctx.db, _path_customer_id(request), _ORDERS[order], gte, lte, limit, offset
+        )
+        return json_response(
+            {"adjustments": adjustments, "count": count, "offset": offset, "limit": limit}
+        )
+
+    return [
+        Route("/admin/loyalty/points/adjust", adjust, methods=_EVERY_METHOD),
+        Route("/admin/loyalty/points/{customer_id}", balance, methods=["GET"]),
+        Route("/admin/loyalty/points/{customer_id}/history", history, methods=["GET"]),
+    ]

@@ -1,0 +1,46 @@
+"""Applying the Alembic migrations that ship inside the package."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+from loyalty.db import sqlalchemy_url, sqlite_path
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def alembic_config(database_url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    # ConfigParser interpolation treats % specially (it appears in escaped passwords).
+    config.set_main_option("sqlalchemy.url", sqlalchemy_url(database_url).replace("%", "%%"))
+    return config
+
+
+def upgrade(database_url: str) -> None:
+    """Applies every pending migration; safe to run from several processes at once."""
+    with _sqlite_file_lock(database_url):
+        command.upgrade(alembic_config(database_url), "head")
+
+
+@contextlib.contextmanager
+def _sqlite_file_lock(database_url: str) -> Iterator[None]:
+    # PostgreSQL takes an advisory lock in env.py; SQLite files get a lock file beside them.
+    if not database_url.startswith("sqlite:///"):
+        yield
+        return
+    path = os.path.abspath(sqlite_path(database_url))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".migrate-lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
