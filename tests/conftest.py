@@ -1,0 +1,104 @@
+"""Fixtures: real databases (a fresh SQLite file, a fresh PostgreSQL database) and real
+`loyalty serve` processes on loopback ports. Every test that takes `backend` runs on both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from tests.support import ADMIN_EMAIL, ADMIN_PASSWORD, Backend, Server, login
+
+PG_ADMIN_URL = os.environ.get(
+    "LOYALTY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def _pg_admin(sql: str) -> None:
+    async def run() -> None:
+        conn = await asyncpg.connect(PG_ADMIN_URL, timeout=5)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+@pytest.fixture(scope="session")
+def pg_available() -> bool:
+    try:
+        _pg_admin("SELECT 1")
+    except (OSError, asyncpg.PostgresError) as error:
+        if IN_CI:
+            pytest.fail(f"PostgreSQL is unreachable under CI: {error}")
+        return False
+    return True
+
+
+class DatabaseFactory:
+    """Makes fresh databases of one kind and drops them all at the end of the session."""
+
+    def __init__(self, kind: str, tmp: Path) -> None:
+        self.kind = kind
+        self._tmp = tmp
+        self._pg_names: list[str] = []
+
+    def new_url(self) -> str:
+        name = f"loyalty_test_{uuid.uuid4().hex[:12]}"
+        if self.kind == "sqlite":
+            return f"sqlite:///{self._tmp / name}.db"
+        _pg_admin(f'CREATE DATABASE "{name}"')
+        self._pg_names.append(name)
+        base = PG_ADMIN_URL.rsplit("/", 1)[0]
+        return f"{base}/{name}"
+
+    def drop_all(self) -> None:
+        for name in self._pg_names:
+            _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def databases(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, pg_available: bool
+) -> Iterator[DatabaseFactory]:
+    if request.param == "postgresql" and not pg_available:
+        pytest.skip("PostgreSQL is not reachable (set CI=true to make this a failure)")
+    factory = DatabaseFactory(request.param, tmp_path_factory.mktemp(request.param))
+    yield factory
+    factory.drop_all()
+
+
+@pytest.fixture(scope="session")
+def backend(
+    databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Backend]:
+    """A server (one worker) on a fresh database of each kind, shared by the session's tests."""
+    url = databases.new_url()
+    with Server.start(url, tmp_path_factory.mktemp("server")) as server:
+        yield Backend(databases.kind, url, server, login(server, ADMIN_EMAIL, ADMIN_PASSWORD))
+
+
+@pytest.fixture
+def api(backend: Backend) -> Iterator[httpx.Client]:
+    """An HTTP client authenticated as the admin (every scope)."""
+    with backend.client() as client:
+        yield client
+
+
+@pytest.fixture
+def anon(backend: Backend) -> Iterator[httpx.Client]:
+    """An HTTP client without credentials."""
+    with httpx.Client(base_url=backend.server.base_url, timeout=30) as client:
+        yield client
+
+
+__all__ = ["ADMIN_EMAIL", "ADMIN_PASSWORD"]
