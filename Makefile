@@ -1,0 +1,34 @@
+# The verbs people type. `make run` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint format bench bench-quick clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## run: set up and serve the API on http://127.0.0.1:9000 with SQLite in ./data
+run: $(STAMP)
+	$(BIN)/loyalty serve
+
+## test: set up and run the whole suite on SQLite and PostgreSQL, then lint
+test: $(STAMP)
+	$(BIN)/pytest -q
+	$(MAKE) lint
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src tests
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
