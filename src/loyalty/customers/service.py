@@ -20,7 +20,7 @@ QUERY_MAX = 255
 
 @dataclass(frozen=True, slots=True)
 class NewCustomer:
-    email: Any
+    email: Any = None
     first_name: Any = None
     last_name: Any = None
     id: Any = None

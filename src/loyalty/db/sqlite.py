@@ -53,7 +53,13 @@ def _connect(path: str) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("PRAGMA foreign_keys = ON")
+    # SQLite's own lower() folds only ASCII; PostgreSQL's folds every letter. Match it.
+    conn.create_function("lower", 1, _lower, deterministic=True)
     return conn
+
+
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
 
 
 class _ThreadConnection:

@@ -1,0 +1,400 @@
+"""The `loyalty` command line: db migrate, user create, verify, and the first start of serve.
+
+Each test works on fresh databases of its own (SQLite and PostgreSQL), never the shared one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from tests.conftest import DatabaseFactory
+from tests.support import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    LOYALTY,
+    STARTUP_TIMEOUT_S,
+    Server,
+    adjust,
+    free_port,
+    login,
+    new_customer,
+    run_cli,
+    service_env,
+)
+
+USER_ID = re.compile(r"^user_[0-9A-HJKMNP-TV-Z]{26}$")
+ALL_SCOPES = {"loyalty:read", "loyalty:write", "customers:read", "customers:write"}
+PASSWORD = "a long enough password 123"
+
+
+# --- direct database access, behind the service's back ----------------------------------
+
+
+def sql_fetch(url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Runs one statement straight on the database (committed) and returns its rows."""
+    if url.startswith("sqlite:///"):
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"), timeout=10)
+        try:
+            with conn:
+                return [tuple(row) for row in conn.execute(sql.replace("$1", "?"), args)]
+        finally:
+            conn.close()
+
+    async def run() -> list[tuple[Any, ...]]:
+        pg = await asyncpg.connect(url, timeout=10)
+        try:
+            return [tuple(row) for row in await pg.fetch(sql, *args)]
+        finally:
+            await pg.close()
+
+    return asyncio.run(run())
+
+
+def append_only_errors(url: str) -> tuple[type[BaseException], ...]:
+    return (sqlite3.DatabaseError,) if url.startswith("sqlite:///") else (asyncpg.PostgresError,)
+
+
+def user_login(base_url: str, email: str, password: str) -> httpx.Response:
+    return httpx.post(
+        f"{base_url}/admin/auth/token", json={"email": email, "password": password}, timeout=30
+    )
+
+
+def unique_email() -> str:
+    return f"cli-{uuid.uuid4().hex[:10]}@example.com"
+
+
+def assert_clean_failure(result: subprocess.CompletedProcess[str]) -> None:
+    """A non-zero exit with a short message on stderr and no Python traceback anywhere."""
+    assert result.returncode != 0, result.stdout
+    assert result.stderr.strip(), "the failure says nothing on stderr"
+    assert "Traceback" not in result.stderr + result.stdout
+    assert len(result.stderr.strip().splitlines()) <= 3, result.stderr
+
+
+# --- loyalty db migrate -------------------------------------------------------------------
+
+
+def test_db_migrate_twice_is_fine(databases: DatabaseFactory) -> None:
+    """`loyalty db migrate` on a fresh database exits 0, and a second run also exits 0."""
+    url = databases.new_url()
+    first = run_cli(url, "db", "migrate")
+    assert first.returncode == 0, first.stderr
+    version = sql_fetch(url, "SELECT version_num FROM alembic_version")
+    second = run_cli(url, "db", "migrate")
+    assert second.returncode == 0, second.stderr
+    assert sql_fetch(url, "SELECT version_num FROM alembic_version") == version
+    assert len(version) == 1
+
+
+# --- loyalty user create ------------------------------------------------------------------
+
+
+@dataclass
+class Service:
+    url: str
+    server: Server
+
+
+@pytest.fixture(scope="module")
+def service(
+    databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
+    """A fresh database of each kind with a running server, for this module's CLI tests."""
+    url = databases.new_url()
+    with Server.start(url, tmp_path_factory.mktemp("cli")) as server:
+        yield Service(url, server)
+
+
+def test_user_create_prints_the_id_and_gives_every_scope(service: Service) -> None:
+    """With no --scope, the new user's id is printed and the user logs in with all four scopes."""
+    email = unique_email()
+    result = run_cli(service.url, "user", "create", "--email", email, "--password", PASSWORD)
+    assert result.returncode == 0, result.stderr
+    printed = result.stdout.strip()
+    assert USER_ID.match(printed), result.stdout
+    response = user_login(service.server.base_url, email, PASSWORD)
+    assert response.status_code == 200, response.text
+    user = response.json()["user"]
+    assert user["id"] == printed
+    assert user["email"] == email
+    assert set(user["scopes"]) == ALL_SCOPES
+    assert len(user["scopes"]) == 4
+
+
+def test_user_create_with_names(service: Service) -> None:
+    """--first-name and --last-name are stored and returned at login."""
+    email = unique_email()
+    result = run_cli(
+        service.url,
+        "user",
+        "create",
+        "--email",
+        email,
+        "--password",
+        PASSWORD,
+        "--first-name",
+        "Ada",
+        "--last-name",
+        "Lovelace",
+    )
+    assert result.returncode == 0, result.stderr
+    user = user_login(service.server.base_url, email, PASSWORD).json()["user"]
+    assert (user["first_name"], user["last_name"]) == ("Ada", "Lovelace")
+
+
+def test_user_create_with_two_scopes_gets_exactly_those(service: Service) -> None:
+    """--scope given twice gives exactly those two scopes, and the others are refused (403)."""
+    email = unique_email()
+    result = run_cli(
+        service.url,
+        "user",
+        "create",
+        "--email",
+        email,
+        "--password",
+        PASSWORD,
+        "--scope",
+        "loyalty:read",
+        "--scope",
+        "customers:write",
+    )
+    assert result.returncode == 0, result.stderr
+    assert USER_ID.match(result.stdout.strip()), result.stdout
+    response = user_login(service.server.base_url, email, PASSWORD)
+    assert response.status_code == 200, response.text
+    assert sorted(response.json()["user"]["scopes"]) == ["customers:write", "loyalty:read"]
+    token = response.json()["token"]
+    with httpx.Client(
+        base_url=service.server.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ) as client:
+        created = client.post("/admin/customers", json={"email": unique_email()})
+        assert created.status_code == 200, created.text
+        assert client.get("/admin/customers").status_code == 403
+        customer_id = created.json()["customer"]["id"]
+        assert client.get(f"/admin/loyalty/points/{customer_id}").status_code == 200
+        assert adjust(client, customer_id, 1).status_code == 403
+
+
+def test_user_create_reads_the_password_from_stdin(service: Service) -> None:
+    """--password-stdin takes the password from standard input; that password logs in."""
+    email = unique_email()
+    secret = f"stdin password {uuid.uuid4().hex}"
+    result = run_cli(
+        service.url, "user", "create", "--email", email, "--password-stdin", stdin=secret + "\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert USER_ID.match(result.stdout.strip()), result.stdout
+    assert secret not in result.stdout + result.stderr
+    assert user_login(service.server.base_url, email, secret).status_code == 200
+    assert user_login(service.server.base_url, email, secret + "\n").status_code == 401
+
+
+def test_user_create_with_a_duplicate_email_fails_cleanly(service: Service) -> None:
+    """A second user with the same email (in any case) exits non-zero with a clear message."""
+    email = unique_email()
+    first = run_cli(service.url, "user", "create", "--email", email, "--password", PASSWORD)
+    assert first.returncode == 0, first.stderr
+    for again in (email, email.upper()):
+        result = run_cli(
+            service.url, "user", "create", "--email", again, "--password", "another password"
+        )
+        assert_clean_failure(result)
+        assert "already exists" in result.stderr.lower() or "duplicate" in result.stderr.lower()
+        assert not USER_ID.search(result.stdout)
+    # The first user keeps its password.
+    assert user_login(service.server.base_url, email, PASSWORD).status_code == 200
+
+
+@pytest.mark.parametrize("scope", ["loyalty:admin", "LOYALTY:READ", ""])
+def test_user_create_with_an_invalid_scope_fails_cleanly(service: Service, scope: str) -> None:
+    """An unknown scope exits non-zero naming the problem, and creates no user."""
+    email = unique_email()
+    result = run_cli(
+        service.url,
+        "user",
+        "create",
+        "--email",
+        email,
+        "--password",
+        PASSWORD,
+        "--scope",
+        "loyalty:read",
+        "--scope",
+        scope,
+    )
+    assert_clean_failure(result)
+    assert "scope" in result.stderr.lower()
+    assert user_login(service.server.base_url, email, PASSWORD).status_code == 401
+
+
+# --- loyalty verify and the append-only ledger -------------------------------------------
+
+
+@dataclass
+class Ledger:
+    url: str
+    server: Server
+    customer_ids: list[str]
+    adjustments: int
+
+
+@pytest.fixture(scope="module")
+def ledger(service: Service) -> Ledger:
+    """Three customers with a few adjustments each, made over HTTP on the module's database."""
+    token = login(service.server, ADMIN_EMAIL, ADMIN_PASSWORD)
+    customer_ids: list[str] = []
+    count = 0
+    with httpx.Client(
+        base_url=service.server.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ) as api:
+        for deltas in ((100, -25, 0.5), (7,), (1000, -1000, 3, 4)):
+            customer_id = new_customer(api)["id"]
+            for delta in deltas:
+                response = adjust(api, customer_id, delta, "cli test")
+                assert response.status_code == 200, response.text
+                count += 1
+            customer_ids.append(customer_id)
+        new_customer(api)  # and one without adjustments
+    return Ledger(service.url, service.server, customer_ids, count)
+
+
+def test_verify_passes_on_a_consistent_ledger(ledger: Ledger) -> None:
+    """`loyalty verify` on a healthy database exits 0 and prints a summary."""
+    result = run_cli(ledger.url, "verify")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip(), "verify printed no summary"
+    assert "Traceback" not in result.stderr
+
+
+def test_verify_names_a_corrupted_customer(ledger: Ledger) -> None:
+    """A balance changed behind the service's back makes verify exit 1 naming that customer."""
+    broken, *healthy = ledger.customer_ids
+    sql = (
+        "UPDATE loyalty_balances SET balance_hundredths = balance_hundredths {} 1"
+        " WHERE customer_id = $1"
+    )
+    sql_fetch(ledger.url, sql.format("+"), broken)
+    try:
+        result = run_cli(ledger.url, "verify")
+        output = result.stdout + result.stderr
+        assert result.returncode == 1, output
+        assert broken in output
+        for customer_id in healthy:
+            assert customer_id not in output
+        assert "Traceback" not in output
+    finally:
+        sql_fetch(ledger.url, sql.format("-"), broken)
+    repaired = run_cli(ledger.url, "verify")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE loyalty_adjustments SET reason = 'rewritten' WHERE customer_id = $1",
+        "UPDATE loyalty_adjustments SET delta_hundredths = delta_hundredths * 2"
+        " WHERE customer_id = $1",
+        "DELETE FROM loyalty_adjustments WHERE customer_id = $1",
+    ],
+    ids=["update-reason", "update-delta", "delete"],
+)
+def test_the_adjustments_table_is_append_only(ledger: Ledger, statement: str) -> None:
+    """A direct UPDATE or DELETE on loyalty_adjustments fails and leaves the rows as they were."""
+    customer_id = ledger.customer_ids[0]
+    select = (
+        "SELECT id, seq, delta_hundredths, balance_after_hundredths, reason, created_at_ms"
+        " FROM loyalty_adjustments WHERE customer_id = $1 ORDER BY seq"
+    )
+    before = sql_fetch(ledger.url, select, customer_id)
+    assert len(before) == 3
+    with pytest.raises(append_only_errors(ledger.url)):
+        sql_fetch(ledger.url, statement, customer_id)
+    assert sql_fetch(ledger.url, select, customer_id) == before
+
+
+# --- first start of serve ----------------------------------------------------------------
+
+
+@contextmanager
+def serve_without_admin_env(url: str, workdir: Path) -> Iterator[tuple[str, Path]]:
+    """`loyalty serve` with no LOYALTY_ADMIN_*; yields its base url and its stdout file."""
+    env = service_env(url)
+    del env["LOYALTY_ADMIN_EMAIL"]
+    del env["LOYALTY_ADMIN_PASSWORD"]
+    port = free_port()
+    tag = uuid.uuid4().hex[:6]
+    stdout_path = workdir / f"stdout-{tag}.log"
+    stderr_path = workdir / f"stderr-{tag}.log"
+    with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
+        process = subprocess.Popen(
+            [*LOYALTY, "serve", "--port", str(port)],
+            stdout=out,
+            stderr=err,
+            env=env,
+            cwd=workdir,
+            start_new_session=True,
+        )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{stderr_path.read_text()}")
+            with suppress(httpx.HTTPError):
+                if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server did not become ready:\n{stderr_path.read_text()}")
+            time.sleep(0.1)
+        yield base_url, stdout_path
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+
+
+def test_first_start_prints_generated_admin_credentials_once(
+    databases: DatabaseFactory, tmp_path: Path
+) -> None:
+    """Without LOYALTY_ADMIN_*, the first start prints admin@localhost and a working password;
+    the second start prints no password."""
+    url = databases.new_url()
+    with serve_without_admin_env(url, tmp_path) as (base_url, stdout_path):
+        first_output = stdout_path.read_text()
+        assert "admin@localhost" in first_output, first_output
+        match = re.search(r"password\s*[:=]\s*(\S+)", first_output, re.IGNORECASE)
+        assert match, first_output
+        password = match.group(1)
+        assert len(password) >= 12
+        response = user_login(base_url, "admin@localhost", password)
+        assert response.status_code == 200, response.text
+        assert set(response.json()["user"]["scopes"]) == ALL_SCOPES
+        assert user_login(base_url, "admin@localhost", password + "x").status_code == 401
+
+    with serve_without_admin_env(url, tmp_path) as (base_url, stdout_path):
+        second_output = stdout_path.read_text()
+        assert password not in second_output
+        assert not re.search(r"password\s*[:=]", second_output, re.IGNORECASE), second_output
+        assert user_login(base_url, "admin@localhost", password).status_code == 200
