@@ -1,0 +1,342 @@
+"""The ledger under real concurrency (SPEC section 6): many requests in flight at once on
+one customer or many, against `loyalty serve --workers 2`, on SQLite and PostgreSQL, and
+against two server processes sharing one PostgreSQL database.
+
+Every expected amount is a Decimal; responses are decoded with parse_float=Decimal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+
+from tests.support import ADMIN_EMAIL, ADMIN_PASSWORD, Server, login, run_cli
+
+if TYPE_CHECKING:
+    from tests.conftest import DatabaseFactory
+
+WORKERS = 2
+IN_FLIGHT = 64
+DELTAS = ("1", "2.5", "0.01", "10")
+ADJUST_PATH = "/admin/loyalty/points/adjust"
+REQUEST_TIMEOUT_S = 60.0
+LOAD_TIMEOUT_S = 120.0
+
+
+@dataclass
+class Cluster:
+    """A fresh database of one kind with a `loyalty serve --workers 2` on it."""
+
+    kind: str
+    url: str
+    server: Server
+    token: str
+    workdir: Path
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    url = databases.new_url()
+    workdir = tmp_path_factory.mktemp(f"concurrency-{databases.kind}")
+    with Server.start(url, workdir, workers=WORKERS) as server:
+        token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+        yield Cluster(databases.kind, url, server, token, workdir)
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def decoded(response: httpx.Response) -> Any:
+    """The JSON body with every fractional number as an exact Decimal."""
+    return json.loads(response.text, parse_float=Decimal)
+
+
+def async_client(server: Server, token: str, connections: int = IN_FLIGHT) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=server.base_url,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=httpx.Timeout(REQUEST_TIMEOUT_S),
+        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+    )
+
+
+def log_tail(*servers: Server, chars: int = 4000) -> str:
+    return "\n".join(f"--- {s.log_path} ---\n{s.log()[-chars:]}" for s in servers)
+
+
+async def create_customers(client: httpx.AsyncClient, count: int) -> list[str]:
+    ids = []
+    for _ in range(count):
+        body = {"email": f"conc-{uuid.uuid4().hex[:12]}@example.com"}
+        response = await client.post("/admin/customers", json=body)
+        assert response.status_code == 200, response.text
+        ids.append(response.json()["customer"]["id"])
+    return ids
+
+
+async def post_adjust(
+    client: httpx.AsyncClient, gate: asyncio.Semaphore, customer_id: str, delta: str
+) -> httpx.Response:
+    """One adjustment with the delta written by hand, so the JSON number is exactly `delta`."""
+    body = f'{{"customer_id": {json.dumps(customer_id)}, "delta": {delta}}}'
+    async with gate:
+        return await client.post(
+            ADJUST_PATH, content=body.encode(), headers={"Content-Type": "application/json"}
+        )
+
+
+async def fire(
+    jobs: Sequence[tuple[httpx.AsyncClient, str, str]], in_flight: int = IN_FLIGHT
+) -> list[httpx.Response | httpx.TransportError]:
+    """All `(client, customer_id, delta)` adjustments at once, `in_flight` at a time; a request
+    that got no response is returned as its transport error."""
+    gate = asyncio.Semaphore(in_flight)
+
+    async def one(client: httpx.AsyncClient, cid: str, delta: str) -> Any:
+        try:
+            return await post_adjust(client, gate, cid, delta)
+        except httpx.TransportError as error:
+            return error
+
+    return await asyncio.wait_for(
+        asyncio.gather(*(one(client, cid, delta) for client, cid, delta in jobs)),
+        timeout=LOAD_TIMEOUT_S,
+    )
+
+
+async def history_oldest_first(client: httpx.AsyncClient, customer_id: str) -> list[Any]:
+    """The whole history, oldest first, read in pages of 100."""
+    items: list[Any] = []
+    count = None
+    for _ in range(10_000):
+        response = await client.get(
+            f"/admin/loyalty/points/{customer_id}/history",
+            params={"order": "created_at", "limit": "100", "offset": str(len(items))},
+        )
+        assert response.status_code == 200, response.text
+        page = decoded(response)
+        assert page["limit"] == 100
+        assert page["offset"] == len(items)
+        count = page["count"] if count is None else count
+        assert page["count"] == count, "the count changed between pages"
+        items.extend(page["adjustments"])
+        if not page["adjustments"] or len(items) >= count:
+            break
+    assert len(items) == count
+    return items
+
+
+async def balance_of(client: httpx.AsyncClient, customer_id: str) -> Decimal:
+    response = await client.get(f"/admin/loyalty/points/{customer_id}")
+    assert response.status_code == 200, response.text
+    return Decimal(decoded(response)["balance"])
+
+
+def assert_chain(items: Sequence[Any]) -> None:
+    """Invariants 1 and 3 over a history read oldest first."""
+    previous_balance = Decimal(0)
+    previous_id = ""
+    previous_created = ""
+    for position, item in enumerate(items):
+        where = f"item {position} ({item['id']})"
+        assert Decimal(item["balance_after"]) == previous_balance + Decimal(item["delta"]), where
+        assert item["id"] > previous_id, f"{where}: id does not increase"
+        assert item["created_at"] >= previous_created, f"{where}: created_at decreases"
+        previous_balance = Decimal(item["balance_after"])
+        previous_id = item["id"]
+        previous_created = item["created_at"]
+
+
+def assert_verify(url: str) -> None:
+    result = run_cli(url, "verify")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def statuses(responses: Sequence[httpx.Response | httpx.TransportError]) -> Counter[object]:
+    """Status codes, and the names of transport errors for requests that got no response."""
+    return Counter(
+        r.status_code if isinstance(r, httpx.Response) else type(r).__name__ for r in responses
+    )
+
+
+def non_200_samples(
+    responses: Sequence[httpx.Response | httpx.TransportError], n: int = 5
+) -> list[str]:
+    samples = []
+    for r in responses:
+        if not isinstance(r, httpx.Response):
+            samples.append(f"no response: {type(r).__name__}: {r}")
+        elif r.status_code != 200:
+            samples.append(f"{r.status_code} {r.text[:200]}")
+    return samples[:n]
+
+
+async def one_customer_load(
+    clients: Sequence[httpx.AsyncClient], servers: Sequence[Server], total: int, seed: int
+) -> None:
+    """`total` concurrent adjustments on one fresh customer, spread over `clients`; then the
+    whole ledger of that customer is checked against the exact sum."""
+    rng = random.Random(seed)
+    (customer_id,) = await create_customers(clients[0], 1)
+    deltas = [rng.choice(DELTAS) for _ in range(total)]
+    jobs = [(clients[i % len(clients)], customer_id, d) for i, d in enumerate(deltas)]
+    started = time.monotonic()
+    responses = await fire(jobs)
+    elapsed = time.monotonic() - started
+    print(
+        f"\n{total} adjustments on one customer over {len(servers)} server(s):"
+        f" {elapsed:.2f}s ({total / elapsed:.0f}/s), statuses {dict(statuses(responses))}"
+    )
+    assert statuses(responses) == Counter({200: total}), (
+        non_200_samples(responses),
+        log_tail(*servers),
+    )
+
+    bodies = [decoded(r) for r in responses]
+    expected = sum((Decimal(d) for d in deltas), Decimal(0))
+    balances_after = [Decimal(b["balance_after"]) for b in bodies]
+    assert len(set(balances_after)) == total, "two adjustments saw the same balance"
+    assert max(balances_after) == expected
+    assert len({b["id"] for b in bodies}) == total
+
+    history = await history_oldest_first(clients[0], customer_id)
+    assert len(history) == total
+    assert_chain(history)
+    assert Decimal(history[-1]["balance_after"]) == expected
+    assert await balance_of(clients[0], customer_id) == expected
+    # Each response is exactly the ledger's record of it.
+    recorded = {item["id"]: Decimal(item["balance_after"]) for item in history}
+    assert {b["id"]: Decimal(b["balance_after"]) for b in bodies} == recorded
+    # The deltas recorded are the deltas sent (as a multiset).
+    assert Counter(Decimal(item["delta"]) for item in history) == Counter(
+        Decimal(d) for d in deltas
+    )
+    print(f"final balance {expected} (exact), {len(history)} items in the history")
+
+
+# --- tests ---------------------------------------------------------------------------------
+
+
+def test_400_concurrent_adjustments_on_one_customer(cluster: Cluster) -> None:
+    """400 concurrent decimal adjustments on one customer: all 200, exact sum, one chain."""
+
+    async def main() -> None:
+        async with async_client(cluster.server, cluster.token) as client:
+            await one_customer_load([client], [cluster.server], 400, seed=400)
+
+    asyncio.run(main())
+    assert_verify(cluster.url)
+
+
+def test_concurrent_redemptions_never_overdraw(cluster: Cluster) -> None:
+    """300 concurrent -1 redemptions on a balance of 100: exactly 100 succeed, never negative."""
+
+    async def main() -> None:
+        async with async_client(cluster.server, cluster.token) as client:
+            (customer_id,) = await create_customers(client, 1)
+            gate = asyncio.Semaphore(1)
+            credit = await post_adjust(client, gate, customer_id, "100")
+            assert credit.status_code == 200, credit.text
+
+            started = time.monotonic()
+            responses = await fire([(client, customer_id, "-1")] * 300)
+            elapsed = time.monotonic() - started
+            counts = statuses(responses)
+            print(f"\n300 redemptions of -1 on 100 points: {elapsed:.2f}s, statuses {dict(counts)}")
+            assert counts == Counter({200: 100, 400: 200}), (
+                non_200_samples(responses),
+                log_tail(cluster.server),
+            )
+            refusals = [decoded(r) for r in responses if r.status_code == 400]
+            assert {body["type"] for body in refusals} == {"not_allowed"}
+            accepted = sorted(
+                Decimal(decoded(r)["balance_after"]) for r in responses if r.is_success
+            )
+            assert accepted == [Decimal(n) for n in range(100)]
+
+            assert await balance_of(client, customer_id) == 0
+            history = await history_oldest_first(client, customer_id)
+            assert len(history) == 101
+            assert_chain(history)
+            assert min(Decimal(item["balance_after"]) for item in history) >= 0
+            assert Decimal(history[-1]["balance_after"]) == 0
+
+    asyncio.run(main())
+    assert_verify(cluster.url)
+
+
+def test_many_customers_interleaved(cluster: Cluster) -> None:
+    """20 customers x 20 adjustments, shuffled and concurrent: each balance is exact."""
+    rng = random.Random(2020)
+
+    async def main() -> None:
+        async with async_client(cluster.server, cluster.token) as client:
+            customers = await create_customers(client, 20)
+            jobs = [(client, cid, rng.choice(DELTAS)) for cid in customers for _ in range(20)]
+            rng.shuffle(jobs)
+            started = time.monotonic()
+            responses = await fire(jobs)
+            elapsed = time.monotonic() - started
+            print(
+                f"\n20 customers x 20 adjustments: {elapsed:.2f}s,"
+                f" statuses {dict(statuses(responses))}"
+            )
+            assert statuses(responses) == Counter({200: len(jobs)}), (
+                non_200_samples(responses),
+                log_tail(cluster.server),
+            )
+            expected: dict[str, Decimal] = dict.fromkeys(customers, Decimal(0))
+            for _client, cid, delta in jobs:
+                expected[cid] += Decimal(delta)
+            for response, (_client, cid, _delta) in zip(responses, jobs, strict=True):
+                assert decoded(response)["customer_id"] == cid
+            for cid in customers:
+                assert await balance_of(client, cid) == expected[cid], cid
+                history = await history_oldest_first(client, cid)
+                assert len(history) == 20
+                assert_chain(history)
+                assert Decimal(history[-1]["balance_after"]) == expected[cid]
+            print(f"balances: {sorted(str(v) for v in expected.values())}")
+
+    asyncio.run(main())
+    assert_verify(cluster.url)
+
+
+def test_two_server_processes_on_one_postgresql_database(
+    databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Two `loyalty serve --workers 2` on one PostgreSQL database: 400 adjustments stay exact."""
+    if databases.kind != "postgresql":
+        pytest.skip("two server processes on one database: the PostgreSQL deployment")
+    url = databases.new_url()
+    workdir = tmp_path_factory.mktemp("two-servers")
+    with (
+        Server.start(url, workdir, workers=WORKERS) as first,
+        Server.start(url, workdir, workers=WORKERS) as second,
+    ):
+        token = login(first, ADMIN_EMAIL, ADMIN_PASSWORD)
+
+        async def main() -> None:
+            half = IN_FLIGHT // 2
+            async with (
+                async_client(first, token, half) as a,
+                async_client(second, token, half) as b,
+            ):
+                await one_customer_load([a, b], [first, second], 400, seed=2)
+
+        asyncio.run(main())
+    assert_verify(url)
