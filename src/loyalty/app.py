@@ -23,6 +23,7 @@ from loyalty.db import open_database
 from loyalty.errors import LoyaltyError
 from loyalty.http import json_response
 from loyalty.ledger import routes as ledger_routes
+from loyalty.ledger.service import Ledger
 
 log = logging.getLogger("loyalty")
 
@@ -67,10 +68,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         ctx.db = await open_database(ctx.settings.database_url, ctx.settings.db_pool_size)
+        ctx.ledger = Ledger(ctx.db, ctx.settings.allow_negative_balance)
         try:
             ctx.jwt_secret = await auth.ensure_jwt_secret(ctx.db, ctx.settings)
+            ctx.ledger.start()
             yield
         finally:
+            # In-flight adjustments finish and are answered before the database closes.
+            await ctx.ledger.stop()
             await ctx.db.close()
 
     async def health(request: Request) -> Response:

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from loyalty.auth import service as auth
 from loyalty.config import Settings
 from loyalty.db import Database
+from loyalty.ledger.service import Ledger
 
 
 @dataclass(slots=True)
@@ -16,6 +17,7 @@ class AppContext:
     settings: Settings
     # Both set by the app's lifespan, before the first request.
     db: Database = None  # type: ignore[assignment]
+    ledger: Ledger = None  # type: ignore[assignment]
     jwt_secret: str = ""
 
     async def principal(self, request: Request, scope: str) -> auth.Principal:
@@ -23,5 +25,12 @@ class AppContext:
         principal = await auth.authenticate(
             self.db, self.jwt_secret, request.headers.get("authorization")
         )
+        principal.require(scope)
+        return principal
+
+    def claimed_principal(self, request: Request, scope: str) -> auth.Principal:
+        """The token's user and scopes without a database lookup (401 / 403); for routes that
+        confirm the user inside their own transaction."""
+        principal = auth.principal_from_token(self.jwt_secret, request.headers.get("authorization"))
         principal.require(scope)
         return principal

@@ -68,6 +68,13 @@ class Conflict(LoyaltyError):
     type = "conflict"
 
 
+class IdempotencyMismatch(LoyaltyError):
+    """An Idempotency-Key reused with a different request."""
+
+    status = 422
+    type = "idempotency_error"
+
+
 class PayloadTooLarge(LoyaltyError):
     status = 413
     type = "invalid_data"

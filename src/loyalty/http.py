@@ -43,8 +43,14 @@ async def read_body(request: Request) -> bytes:
 
 async def read_json_object(request: Request, allowed: frozenset[str]) -> dict[str, msgspec.Raw]:
     """The body as a JSON object whose values are still raw JSON, for exact field parsing."""
+    return parse_json_object(request, await read_body(request), allowed)
+
+
+def parse_json_object(
+    request: Request, body: bytes, allowed: frozenset[str]
+) -> dict[str, msgspec.Raw]:
+    """`body` (already read) as a JSON object with only `allowed` fields."""
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    body = await read_body(request)
     if media_type != "application/json":
         raise InvalidData("Content-Type must be application/json")
     try:

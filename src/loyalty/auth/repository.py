@@ -42,6 +42,11 @@ async def find_user_scopes(conn: Connection, user_id: str) -> str | None:
     return value
 
 
+async def find_users_scopes(conn: Connection, user_ids: list[str]) -> dict[str, str]:
+    rows = await conn.fetch("SELECT id, scopes FROM users WHERE id = ANY($1)", user_ids)
+    return {row[0]: row[1] for row in rows}
+
+
 async def delete_user_by_email_key(conn: Connection, email_key: str) -> str | None:
     value: str | None = await conn.fetchval(
         "DELETE FROM users WHERE email_key = $1 RETURNING id", email_key

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from loyalty.auth import repository
 from loyalty.auth.passwords import PASSWORD_MAX, PASSWORD_MIN, hash_password, verify_password
 from loyalty.auth.scopes import ALL_SCOPES, format_scopes, parse_scopes
-from loyalty.auth.tokens import bearer_token, issue_token, user_id_from_token
+from loyalty.auth.tokens import bearer_token, issue_token, verify_token
 from loyalty.config import Settings
 from loyalty.db import Database, UniqueViolation
 from loyalty.emails import email_key, is_valid_email
@@ -109,12 +109,19 @@ async def login(
 async def authenticate(db: Database, secret: str, authorization: str | None) -> Principal:
     """The principal behind an Authorization header. The user is looked up on every request,
     so a deleted user's tokens stop working at once and scope changes apply at once."""
-    user_id = user_id_from_token(secret, bearer_token(authorization))
+    user_id, _ = verify_token(secret, bearer_token(authorization))
     async with db.read() as conn:
         scopes = await repository.find_user_scopes(conn, user_id)
     if scopes is None:
         raise Unauthorized()
     return Principal(user_id, parse_scopes(scopes))
+
+
+def principal_from_token(secret: str, authorization: str | None) -> Principal:
+    """The principal a token claims to be, checked by signature alone. Its user and scopes
+    must still be confirmed against the database, as the adjust batch does."""
+    user_id, scopes = verify_token(secret, bearer_token(authorization))
+    return Principal(user_id, scopes)
 
 
 async def ensure_jwt_secret(db: Database, settings: Settings) -> str:

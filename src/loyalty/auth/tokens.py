@@ -33,8 +33,9 @@ def bearer_token(authorization: str | None) -> str:
     return token.strip()
 
 
-def user_id_from_token(secret: str, token: str) -> str:
-    """The user id a valid token was issued to; 401 for anything forged, expired or odd."""
+def verify_token(secret: str, token: str) -> tuple[str, frozenset[str]]:
+    """The user id a valid token was issued to and the scopes it was issued with; 401 for
+    anything forged, expired or odd."""
     try:
         claims = jwt.decode(
             token,
@@ -45,6 +46,7 @@ def user_id_from_token(secret: str, token: str) -> str:
     except jwt.PyJWTError:
         raise Unauthorized() from None
     subject = claims.get("sub")
-    if not isinstance(subject, str) or not subject:
+    scopes = claims.get("scopes", [])
+    if not isinstance(subject, str) or not subject or not isinstance(scopes, list):
         raise Unauthorized()
-    return subject
+    return subject, frozenset(scope for scope in scopes if isinstance(scope, str))

@@ -17,6 +17,10 @@ class UniqueViolation(Exception):
     """An INSERT or UPDATE hit a unique constraint (the caller decides what it means)."""
 
 
+class RetryableConflict(Exception):
+    """The transaction lost a race (a deadlock or serialization failure); it may be retried."""
+
+
 class Connection(Protocol):
     async def fetch(self, sql: str, *args: Any) -> list[Row]: ...
     async def fetchrow(self, sql: str, *args: Any) -> Row | None: ...

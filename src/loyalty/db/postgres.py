@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from loyalty.db import Connection, Row, UniqueViolation
+from loyalty.db import Connection, RetryableConflict, Row, UniqueViolation
 from loyalty.errors import DatabaseUnavailable
 
 ACQUIRE_TIMEOUT_S = 5.0
@@ -74,6 +74,8 @@ class PostgresDatabase:
                 yield conn
         except asyncpg.UniqueViolationError as error:
             raise UniqueViolation(str(error)) from error
+        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as error:
+            raise RetryableConflict(str(error)) from error
         except _UNAVAILABLE as error:
             raise DatabaseUnavailable() from error
 

@@ -8,6 +8,7 @@ write lock up front: across threads of one worker, across workers, across server
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import sqlite3
@@ -25,6 +26,7 @@ T = TypeVar("T")
 BUSY_TIMEOUT_MS = 5000
 READERS = 4
 _PARAMETER = re.compile(r"\$(\d+)")
+_ANY = re.compile(r"= ANY\(\$(\d+)\)")
 # Primary result codes that mean "the database cannot be used right now", not a bug.
 _UNAVAILABLE_CODES = {
     sqlite3.SQLITE_BUSY,
@@ -42,8 +44,15 @@ _UNIQUE_CODES = {sqlite3.SQLITE_CONSTRAINT_UNIQUE, sqlite3.SQLITE_CONSTRAINT_PRI
 
 @lru_cache(maxsize=512)
 def translate(sql: str) -> str:
-    """PostgreSQL's dialect to SQLite's: `$1` → `?1`; row locks are implied by BEGIN IMMEDIATE."""
+    """PostgreSQL's dialect to SQLite's: `$1` → `?1`; `= ANY($1)` with a list → membership in
+    the list passed as a JSON array; row locks are implied by BEGIN IMMEDIATE."""
+    sql = _ANY.sub(r"IN (SELECT value FROM json_each($\1))", sql)
     return _PARAMETER.sub(r"?\1", sql).replace(" FOR UPDATE", "")
+
+
+def _bind(args: Sequence[Any]) -> tuple[Any, ...]:
+    # Lists are the arrays of `= ANY($n)`: SQLite receives them as JSON arrays.
+    return tuple(json.dumps(arg) if isinstance(arg, list) else arg for arg in args)
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -58,8 +67,8 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
-def _lower(value: object) -> object:
-    return value.lower() if isinstance(value, str) else value
+def _lower(value: str | None) -> str | None:
+    return None if value is None else str(value).lower()
 
 
 class _ThreadConnection:
@@ -100,11 +109,13 @@ class _ThreadConnection:
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         text = translate(sql)
-        return await self.run(lambda c: c.execute(text, args).fetchall())
+        bound = _bind(args)
+        return await self.run(lambda c: c.execute(text, bound).fetchall())
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
         text = translate(sql)
-        return await self.run(lambda c: c.execute(text, args).fetchone())
+        bound = _bind(args)
+        return await self.run(lambda c: c.execute(text, bound).fetchone())
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         row = await self.fetchrow(sql, *args)
@@ -112,7 +123,8 @@ class _ThreadConnection:
 
     async def execute(self, sql: str, *args: Any) -> None:
         text = translate(sql)
-        await self.run(lambda c: c.execute(text, args))
+        bound = _bind(args)
+        await self.run(lambda c: c.execute(text, bound))
 
     async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
         text = translate(sql)

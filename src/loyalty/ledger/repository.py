@@ -7,47 +7,36 @@ from loyalty.db import Connection, Row
 HISTORY_COLUMNS = "id, delta_hundredths, reason, balance_after_hundredths, created_at_ms"
 
 
-async def lock_balance(conn: Connection, customer_id: str) -> Row | None:
-    """The customer's balance row, locked until the transaction ends (None: no customer)."""
-    return await conn.fetchrow(
-        "SELECT balance_hundredths, last_seq, last_adjustment_id, updated_at_ms"
-        " FROM loyalty_balances WHERE customer_id = $1 FOR UPDATE",
-        customer_id,
+async def lock_balances(conn: Connection, customer_ids: list[str]) -> list[Row]:
+    """The customers' balance rows, locked until the transaction ends.
+
+    Locked in customer_id order, the same in every transaction, so that two batches sharing
+    customers wait for each other instead of deadlocking.
+    """
+    return await conn.fetch(
+        "SELECT customer_id, balance_hundredths, last_seq, last_adjustment_id, updated_at_ms"
+        " FROM loyalty_balances WHERE customer_id = ANY($1) ORDER BY customer_id FOR UPDATE",
+        customer_ids,
     )
 
 
-async def append_adjustment(
-    conn: Connection,
-    adjustment_id: str,
-    customer_id: str,
-    seq: int,
-    delta_hundredths: int,
-    balance_after_hundredths: int,
-    reason: str | None,
-    created_at_ms: int,
-    created_by: str | None,
-) -> None:
-    await conn.execute(
+async def update_balances(conn: Connection, rows: list[tuple[str, int, int, str, int]]) -> None:
+    """Rows of (customer_id, balance_hundredths, last_seq, last_adjustment_id, updated_at_ms)."""
+    await conn.executemany(
         "UPDATE loyalty_balances SET balance_hundredths = $2, last_seq = $3,"
         " last_adjustment_id = $4, updated_at_ms = $5 WHERE customer_id = $1",
-        customer_id,
-        balance_after_hundredths,
-        seq,
-        adjustment_id,
-        created_at_ms,
+        rows,
     )
-    await conn.execute(
+
+
+async def insert_adjustments(conn: Connection, rows: list[tuple[object, ...]]) -> None:
+    """Rows of (id, customer_id, seq, delta_hundredths, balance_after_hundredths, reason,
+    created_at_ms, created_by)."""
+    await conn.executemany(
         "INSERT INTO loyalty_adjustments (id, customer_id, seq, delta_hundredths,"
         " balance_after_hundredths, reason, created_at_ms, created_by)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        adjustment_id,
-        customer_id,
-        seq,
-        delta_hundredths,
-        balance_after_hundredths,
-        reason,
-        created_at_ms,
-        created_by,
+        rows,
     )
 
 
@@ -59,12 +48,16 @@ async def find_balance(conn: Connection, customer_id: str) -> Row | None:
     )
 
 
-async def latest_adjustments(conn: Connection, customer_id: str, limit: int) -> list[Row]:
-    """The newest `limit` adjustments: a walk down the (customer_id, seq) index."""
+async def latest_adjustments(
+    conn: Connection, customer_id: str, up_to_seq: int, limit: int
+) -> list[Row]:
+    """The newest `limit` adjustments up to `up_to_seq`: a walk down the (customer_id, seq)
+    index, whatever the ledger's length."""
     return await conn.fetch(
         f"SELECT {HISTORY_COLUMNS} FROM loyalty_adjustments WHERE customer_id = $1"
-        " ORDER BY seq DESC LIMIT $2",
+        " AND seq <= $2 ORDER BY seq DESC LIMIT $3",
         customer_id,
+        up_to_seq,
         limit,
     )
 

@@ -13,13 +13,22 @@ from loyalty.errors import FieldError, InvalidData, MethodNotAllowed
 from loyalty.http import (
     json_response,
     parse_bool,
+    parse_json_object,
     parse_page,
     parse_with,
     query_params,
-    read_json_object,
+    read_body,
+)
+from loyalty.idempotency.keys import (
+    HEADER,
+    REPLAYED_HEADER,
+    IdempotencyClaim,
+    parse_key,
+    request_hash,
 )
 from loyalty.ledger import service
 from loyalty.ledger.schemas import ADJUST_FIELDS, CUSTOMER_ID_MAX, parse_adjust_body
+from loyalty.ledger.service import AdjustCommand
 
 _ADJUST_PARAMS = frozenset({"include_history"})
 _HISTORY_PARAMS = frozenset({"limit", "offset", "order", "created_at[gte]", "created_at[lte]"})
@@ -44,18 +53,23 @@ def routes(ctx: AppContext) -> list[Route]:
                 f"Method {request.method} is not allowed on {request.url.path}",
                 allow="POST",
             )
-        principal = await ctx.principal(request, LOYALTY_WRITE)
+        principal = ctx.claimed_principal(request, LOYALTY_WRITE)
         params = query_params(request, _ADJUST_PARAMS)
         include_history = parse_bool(params, "include_history", False)
-        body = parse_adjust_body(await read_json_object(request, ADJUST_FIELDS))
-        result = await service.adjust(
-            ctx.db,
-            body,
-            principal.user_id,
-            ctx.settings.allow_negative_balance,
-            include_history,
+        key = parse_key(request.headers.get(HEADER))
+        raw = await read_body(request)
+        body = parse_adjust_body(parse_json_object(request, raw, ADJUST_FIELDS))
+        claim = None
+        if key is not None:
+            fingerprint = request_hash(
+                request.method, request.url.path, request.scope["query_string"], raw
+            )
+            claim = IdempotencyClaim(key, fingerprint)
+        reply = await ctx.ledger.adjust(
+            AdjustCommand(body, principal.user_id, include_history, claim)
         )
-        return json_response(result.to_json())
+        headers = {REPLAYED_HEADER: "true"} if reply.replayed else None
+        return Response(reply.body, 200, headers, media_type="application/json")
 
     async def balance(request: Request) -> Response:
         await ctx.principal(request, LOYALTY_READ)

@@ -1,92 +1,294 @@
 """Adjusting balances and reading them: the rules of the ledger.
 
-Every adjustment locks its customer's balance row, and assigns its sequence number, id and
-created_at while holding that lock, so each customer's adjustments form one total order.
+Adjustments go through group commit (group_commit.py): each batch is one transaction that
+locks its customers' balance rows, then assigns each adjustment its sequence number, id and
+created_at while holding those locks, so each customer's adjustments form one total order.
+Every request in a batch gets its own outcome; one request's unknown customer, missing
+scope, insufficient points or reused key never fails another.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
-from loyalty.db import Database, Row
-from loyalty.errors import NotAllowed, NotFound
+from loyalty.auth import repository as users
+from loyalty.auth.scopes import LOYALTY_WRITE, parse_scopes
+from loyalty.db import Connection, Database, RetryableConflict, UniqueViolation
+from loyalty.errors import (
+    Conflict,
+    Forbidden,
+    IdempotencyMismatch,
+    LoyaltyError,
+    NotAllowed,
+    NotFound,
+    Unauthorized,
+)
+from loyalty.idempotency import repository as keys
+from loyalty.idempotency.keys import IdempotencyClaim
 from loyalty.ids import next_id_after
 from loyalty.ledger import points, repository
+from loyalty.ledger.group_commit import GroupCommit
 from loyalty.ledger.points import BALANCE_MAX_HUNDREDTHS
 from loyalty.ledger.schemas import AdjustBody, adjustment_json, balance_json
 from loyalty.timestamps import now_ms, render
 
 HISTORY_IN_ADJUST = 20
+# A batch that lost a race (a deadlock between workers, a key inserted meanwhile) is rerun.
+BATCH_ATTEMPTS_MAX = 3
+KEY_IN_FLIGHT = "A request with this Idempotency-Key is still being processed"
+KEY_REUSED = "This Idempotency-Key was already used with a different request"
+
+_encoder = msgspec.json.Encoder()
 
 
 @dataclass(frozen=True, slots=True)
-class AdjustmentResult:
-    id: str
-    customer_id: str
-    balance_after_hundredths: int
-    created_at_ms: int
-    history: list[Row] | None
+class AdjustCommand:
+    body: AdjustBody
+    user_id: str
+    include_history: bool
+    claim: IdempotencyClaim | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "id": self.id,
-            "customer_id": self.customer_id,
-            "balance_after": msgspec.Raw(points.render(self.balance_after_hundredths)),
-            "updated_at": render(self.created_at_ms),
-        }
-        if self.history is not None:
-            body["history"] = [adjustment_json(row) for row in self.history]
-        return body
+
+@dataclass(frozen=True, slots=True)
+class AdjustReply:
+    body: bytes  # the JSON response, exactly as first sent
+    replayed: bool = False
+
+
+AdjustOutcome = AdjustReply | LoyaltyError
 
 
 def customer_not_found(customer_id: str) -> NotFound:
     return NotFound(f"Customer with id: {customer_id} was not found")
 
 
-async def adjust(
-    db: Database,
-    body: AdjustBody,
-    actor: str | None,
-    allow_negative_balance: bool,
-    include_history: bool,
-) -> AdjustmentResult:
-    async with db.write() as conn:
-        row = await repository.lock_balance(conn, body.customer_id)
-        if row is None:
-            raise customer_not_found(body.customer_id)
-        balance = row["balance_hundredths"]
-        balance_after = balance + body.delta_hundredths
-        if body.delta_hundredths < 0 and balance_after < 0 and not allow_negative_balance:
-            raise NotAllowed(
-                f"Insufficient points: the current balance is {points.render(balance).decode()},"
-                f" which cannot cover {points.render(body.delta_hundredths).decode()}"
+class Ledger:
+    """The adjust path of one worker process: a group commit over the database."""
+
+    def __init__(self, db: Database, allow_negative_balance: bool) -> None:
+        self._db = db
+        self._allow_negative = allow_negative_balance
+        self._group: GroupCommit[AdjustCommand, AdjustOutcome] = GroupCommit(self._run_batch)
+
+    def start(self) -> None:
+        self._group.start()
+
+    async def stop(self) -> None:
+        await self._group.stop()
+
+    async def adjust(self, command: AdjustCommand) -> AdjustReply:
+        outcome = await self._group.submit(command)
+        if isinstance(outcome, LoyaltyError):
+            raise outcome
+        return outcome
+
+    async def _run_batch(self, commands: list[AdjustCommand]) -> list[AdjustOutcome]:
+        for attempt in range(1, BATCH_ATTEMPTS_MAX + 1):
+            try:
+                async with self._db.write() as conn:
+                    batch = _Batch(conn, self._db.dialect, commands, self._allow_negative)
+                    return await batch.run()
+            except (RetryableConflict, UniqueViolation):
+                if attempt == BATCH_ATTEMPTS_MAX:
+                    raise
+        raise AssertionError("unreachable")
+
+
+@dataclass(slots=True)
+class _Tip:
+    """A customer's balance row as the batch changes it."""
+
+    balance: int
+    seq: int
+    last_id: str | None
+    updated_at_ms: int | None
+    touched: bool = False
+
+
+@dataclass(slots=True)
+class _Applied:
+    index: int
+    id: str
+    customer_id: str
+    seq: int
+    balance_after: int
+    created_at_ms: int
+
+
+@dataclass(slots=True)
+class _Batch:
+    conn: Connection
+    dialect: str
+    commands: list[AdjustCommand]
+    allow_negative: bool
+    outcomes: list[AdjustOutcome | None] = field(default_factory=list)
+
+    async def run(self) -> list[AdjustOutcome]:
+        self.outcomes = [None] * len(self.commands)
+        await self._check_users()
+        await self._check_keys()
+        applied = await self._apply()
+        await self._reply(applied)
+        return [outcome for outcome in self.outcomes if outcome is not None]
+
+    def _pending(self) -> list[int]:
+        return [i for i, outcome in enumerate(self.outcomes) if outcome is None]
+
+    async def _check_users(self) -> None:
+        """Users are checked in the transaction: a deleted user's token stops working at once."""
+        user_ids = sorted({command.user_id for command in self.commands})
+        scopes = await users.find_users_scopes(self.conn, user_ids)
+        for i, command in enumerate(self.commands):
+            held = scopes.get(command.user_id)
+            if held is None:
+                self.outcomes[i] = Unauthorized()
+            elif LOYALTY_WRITE not in parse_scopes(held):
+                self.outcomes[i] = Forbidden(f"Missing required scope: {LOYALTY_WRITE}")
+
+    async def _check_keys(self) -> None:
+        keyed: dict[tuple[str, str], int] = {}
+        for i in self._pending():
+            claim = self.commands[i].claim
+            if claim is None:
+                continue
+            name = (self.commands[i].user_id, claim.key)
+            if name in keyed:  # the same key twice in one batch: the first is in flight
+                self.outcomes[i] = Conflict(KEY_IN_FLIGHT)
+            else:
+                keyed[name] = i
+        if not keyed:
+            return
+        if self.dialect == "postgresql":
+            # Another worker's or server's transaction holding the key's lock is in flight.
+            lock_names = {f"{user}\x1f{key}": (user, key) for user, key in keyed}
+            held = await keys.try_lock_keys(self.conn, sorted(lock_names))
+            for lock_name, name in lock_names.items():
+                if lock_name not in held:
+                    self.outcomes[keyed.pop(name)] = Conflict(KEY_IN_FLIGHT)
+        by_user: dict[str, list[str]] = {}
+        for user, key in keyed:
+            by_user.setdefault(user, []).append(key)
+        for user, user_keys in by_user.items():
+            for row in await keys.find_keys(self.conn, user, user_keys):
+                i = keyed[(user, row["key"])]
+                claim = self.commands[i].claim
+                if claim is not None and row["request_hash"] == claim.request_hash:
+                    self.outcomes[i] = AdjustReply(bytes(row["response"]), replayed=True)
+                else:
+                    self.outcomes[i] = IdempotencyMismatch(KEY_REUSED)
+
+    async def _apply(self) -> list[_Applied]:
+        pending = self._pending()
+        customer_ids = sorted({self.commands[i].body.customer_id for i in pending})
+        if not customer_ids:
+            return []
+        tips = {
+            row["customer_id"]: _Tip(
+                row["balance_hundredths"],
+                row["last_seq"],
+                row["last_adjustment_id"],
+                row["updated_at_ms"],
             )
-        if abs(balance_after) > BALANCE_MAX_HUNDREDTHS:
-            raise NotAllowed(
-                f"The balance would leave the supported range of ±"
+            for row in await repository.lock_balances(self.conn, customer_ids)
+        }
+        # Taken while holding the locks, so no later adjustment of these customers can
+        # carry an earlier time.
+        now = now_ms()
+        applied: list[_Applied] = []
+        ledger_rows: list[tuple[object, ...]] = []
+        for i in pending:
+            command = self.commands[i]
+            body = command.body
+            tip = tips.get(body.customer_id)
+            if tip is None:
+                self.outcomes[i] = customer_not_found(body.customer_id)
+                continue
+            refusal = self._refusal(tip.balance, body.delta_hundredths)
+            if refusal is not None:
+                self.outcomes[i] = refusal
+                continue
+            # Never before the previous adjustment, even if the clock stepped back.
+            created_at_ms = max(now, tip.updated_at_ms or 0)
+            adjustment_id = next_id_after("adj", created_at_ms, tip.last_id)
+            tip.balance += body.delta_hundredths
+            tip.seq += 1
+            tip.last_id = adjustment_id
+            tip.updated_at_ms = created_at_ms
+            tip.touched = True
+            applied.append(
+                _Applied(i, adjustment_id, body.customer_id, tip.seq, tip.balance, created_at_ms)
+            )
+            ledger_rows.append(
+                (
+                    adjustment_id,
+                    body.customer_id,
+                    tip.seq,
+                    body.delta_hundredths,
+                    tip.balance,
+                    body.reason,
+                    created_at_ms,
+                    command.user_id,
+                )
+            )
+        if applied:
+            await repository.update_balances(
+                self.conn,
+                [
+                    (customer_id, tip.balance, tip.seq, tip.last_id, tip.updated_at_ms)
+                    for customer_id, tip in tips.items()
+                    if tip.touched and tip.last_id is not None and tip.updated_at_ms is not None
+                ],
+            )
+            await repository.insert_adjustments(self.conn, ledger_rows)
+        return applied
+
+    def _refusal(self, balance: int, delta: int) -> NotAllowed | None:
+        after = balance + delta
+        if delta < 0 and after < 0 and not self.allow_negative:
+            return NotAllowed(
+                f"Insufficient points: the current balance is {points.render(balance).decode()},"
+                f" which cannot cover {points.render(delta).decode()}"
+            )
+        if abs(after) > BALANCE_MAX_HUNDREDTHS:
+            return NotAllowed(
+                "The balance would leave the supported range of ±"
                 f"{points.render(BALANCE_MAX_HUNDREDTHS).decode()} points"
             )
-        # Never before the previous adjustment, even if the clock stepped back.
-        created_at_ms = max(now_ms(), row["updated_at_ms"] or 0)
-        adjustment_id = next_id_after("adj", created_at_ms, row["last_adjustment_id"])
-        await repository.append_adjustment(
-            conn,
-            adjustment_id,
-            body.customer_id,
-            row["last_seq"] + 1,
-            body.delta_hundredths,
-            balance_after,
-            body.reason,
-            created_at_ms,
-            actor,
-        )
-        history = None
-        if include_history:
-            history = await repository.latest_adjustments(conn, body.customer_id, HISTORY_IN_ADJUST)
-    return AdjustmentResult(adjustment_id, body.customer_id, balance_after, created_at_ms, history)
+        return None
+
+    async def _reply(self, applied: list[_Applied]) -> None:
+        key_rows = []
+        for adjustment in applied:
+            command = self.commands[adjustment.index]
+            response: dict[str, Any] = {
+                "id": adjustment.id,
+                "customer_id": adjustment.customer_id,
+                "balance_after": msgspec.Raw(points.render(adjustment.balance_after)),
+                "updated_at": render(adjustment.created_at_ms),
+            }
+            if command.include_history:
+                rows = await repository.latest_adjustments(
+                    self.conn, adjustment.customer_id, adjustment.seq, HISTORY_IN_ADJUST
+                )
+                response["history"] = [adjustment_json(row) for row in rows]
+            body = _encoder.encode(response)
+            self.outcomes[adjustment.index] = AdjustReply(body)
+            if command.claim is not None:
+                key_rows.append(
+                    (
+                        command.user_id,
+                        command.claim.key,
+                        command.claim.request_hash,
+                        200,
+                        body,
+                        adjustment.created_at_ms,
+                    )
+                )
+        if key_rows:
+            await keys.insert_keys(self.conn, key_rows)
 
 
 async def get_balance(db: Database, customer_id: str) -> dict[str, Any]:
