@@ -16,7 +16,8 @@ from tests.support import Backend, adjust, new_customer
 
 ADJ_ID = re.compile(r"^adj_[0-9A-HJKMNP-TV-Z]{26}$")
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
-ITEM_KEYS = {"id", "delta", "reason", "balance_after", "created_at"}
+# The history route adds the acting user to the seed's item shape.
+ITEM_KEYS = {"id", "delta", "reason", "balance_after", "created_at", "created_by"}
 GTE = "created_at[gte]"
 LTE = "created_at[lte]"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +23,7 @@ from loyalty.customers import routes as customer_routes
 from loyalty.db import open_database
 from loyalty.errors import LoyaltyError
 from loyalty.http import json_response
+from loyalty.idempotency import cleanup as idempotency_cleanup
 from loyalty.ledger import routes as ledger_routes
 from loyalty.ledger.service import Ledger
 
@@ -69,11 +71,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         ctx.db = await open_database(ctx.settings.database_url, ctx.settings.db_pool_size)
         ctx.ledger = Ledger(ctx.db, ctx.settings.allow_negative_balance)
+        cleanup = None
         try:
             ctx.jwt_secret = await auth.ensure_jwt_secret(ctx.db, ctx.settings)
             ctx.ledger.start()
+            cleanup = asyncio.create_task(idempotency_cleanup.run_periodically(ctx.db))
             yield
         finally:
+            if cleanup is not None:
+                cleanup.cancel()
             # In-flight adjustments finish and are answered before the database closes.
             await ctx.ledger.stop()
             await ctx.db.close()

@@ -257,7 +257,7 @@ _PATHS: dict[str, Any] = {
     },
 }
 
-_ADJUSTMENT = {
+_ADJUSTMENT: dict[str, Any] = {
     "type": "object",
     "required": ["id", "delta", "reason", "balance_after", "created_at"],
     "properties": {
@@ -266,6 +266,18 @@ _ADJUSTMENT = {
         "reason": _NULLABLE_STRING,
         "balance_after": _POINTS,
         "created_at": _TIMESTAMP,
+    },
+}
+
+_ADJUSTMENT_WITH_ACTOR = {
+    **_ADJUSTMENT,
+    "required": [*_ADJUSTMENT["required"], "created_by"],
+    "properties": {
+        **_ADJUSTMENT["properties"],
+        "created_by": {
+            "type": ["string", "null"],
+            "description": "The id of the admin user who made the adjustment",
+        },
     },
 }
 
@@ -413,7 +425,8 @@ _SCHEMAS: dict[str, Any] = {
             "updated_at": {"type": ["string", "null"], "format": "date-time"},
         },
     },
-    "AdjustmentList": _page_of("adjustments", _schema("Adjustment")),
+    "AdjustmentWithActor": _ADJUSTMENT_WITH_ACTOR,
+    "AdjustmentList": _page_of("adjustments", _schema("AdjustmentWithActor")),
 }
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from loyalty.db import Connection, Row
 
-HISTORY_COLUMNS = "id, delta_hundredths, reason, balance_after_hundredths, created_at_ms"
+HISTORY_COLUMNS = (
+    "id, delta_hundredths, reason, balance_after_hundredths, created_at_ms, created_by"
+)
 
 
 async def lock_balances(conn: Connection, customer_ids: list[str]) -> list[Row]:

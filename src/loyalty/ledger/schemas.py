@@ -77,15 +77,19 @@ def _delta(raw: msgspec.Raw | None, errors: list[FieldError]) -> int | None:
     return hundredths
 
 
-def adjustment_json(row: Any) -> dict[str, Any]:
-    """A history item from a row of ledger.repository.HISTORY_COLUMNS."""
-    return {
+def adjustment_json(row: Any, with_actor: bool = False) -> dict[str, Any]:
+    """A history item from a row of ledger.repository.HISTORY_COLUMNS. The adjust response
+    keeps the seed's exact item shape; the history route adds the acting user."""
+    item = {
         "id": row[0],
         "delta": msgspec.Raw(points.render(row[1])),
         "reason": row[2],
         "balance_after": msgspec.Raw(points.render(row[3])),
         "created_at": render(row[4]),
     }
+    if with_actor:
+        item["created_by"] = row[5]
+    return item
 
 
 def balance_json(

@@ -321,4 +321,4 @@ async def history(
             count = await repository.count_adjustments(
                 conn, customer_id, created_gte_ms, created_lte_ms
             )
-    return [adjustment_json(row) for row in rows], count
+    return [adjustment_json(row, with_actor=True) for row in rows], count
