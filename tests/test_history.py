@@ -145,6 +145,7 @@ def test_history_is_newest_first_by_default(api: httpx.Client) -> None:
     assert [item["balance_after"] for item in items] == [10, 6, 3, 1]
     for item in items:
         assert set(item) == ITEM_KEYS
+        assert item["created_by"].startswith("user_")
         assert ADJ_ID.match(item["id"])
         assert TIMESTAMP.match(item["created_at"])
 
