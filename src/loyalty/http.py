@@ -55,8 +55,11 @@ def parse_json_object(
         raise InvalidData("Content-Type must be application/json")
     try:
         fields = _object_decoder.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         raise InvalidData("Request body must be a JSON object") from None
+    if b"\\u0000" in body and _has_nul_escape(body):
+        # PostgreSQL's text cannot hold NUL; refuse it everywhere, so both databases agree.
+        raise InvalidData("Strings must not contain NUL characters")
     unknown = sorted(set(fields) - allowed)
     if unknown:
         names = [name[:64] for name in unknown[:10]]
@@ -67,9 +70,31 @@ def parse_json_object(
     return fields
 
 
-def decode_raw(raw: msgspec.Raw, kind: type[T]) -> T:
-    """A raw JSON value as `kind`; raises msgspec.ValidationError if it is not one."""
+def _has_nul_escape(body: bytes) -> bool:
+    """Whether a JSON text holds the escape `\\u0000` (and not an escaped backslash before
+    the letters u0000)."""
+    start = body.find(b"\\u0000")
+    while start != -1:
+        backslashes = len(body[:start]) - len(body[:start].rstrip(b"\\"))
+        if backslashes % 2 == 0:
+            return True
+        start = body.find(b"\\u0000", start + 1)
+    return False
+
+
+def decode_field(raw: msgspec.Raw, kind: type[T]) -> T:
+    """A raw JSON value as `kind`; raises msgspec.ValidationError if it is not one (numbers
+    out of range included)."""
     return msgspec.json.decode(raw, type=kind)
+
+
+def path_param(request: Request, name: str, length_max: int) -> str:
+    """A path parameter, bounded and free of NUL (which PostgreSQL's text cannot hold)."""
+    value: str = request.path_params[name]
+    if len(value) > length_max or "\x00" in value:
+        message = f"{name} must be at most {length_max} characters, without NUL"
+        raise InvalidData(message, [FieldError(name, message)])
+    return value
 
 
 def query_params(request: Request, allowed: frozenset[str]) -> dict[str, str]:
@@ -80,8 +105,8 @@ def query_params(request: Request, allowed: frozenset[str]) -> dict[str, str]:
             raise InvalidData(f"Unrecognized query parameter: {key[:64]!r}")
         if key in params:
             raise InvalidData(f"Query parameter {key!r} must be given at most once")
-        if len(value) > QUERY_VALUE_MAX:
-            raise InvalidData(f"Query parameter {key!r} is too long")
+        if len(value) > QUERY_VALUE_MAX or "\x00" in value:
+            raise InvalidData(f"Query parameter {key!r} is too long or holds a NUL character")
         params[key] = value
     return params
 

@@ -12,7 +12,7 @@ from loyalty.auth.passwords import PASSWORD_MAX
 from loyalty.context import AppContext
 from loyalty.emails import EMAIL_MAX
 from loyalty.errors import FieldError, validation_error
-from loyalty.http import json_response, read_json_object
+from loyalty.http import decode_field, json_response, read_json_object
 
 _LOGIN_FIELDS = frozenset({"email", "password"})
 
@@ -23,7 +23,7 @@ async def _login(ctx: AppContext, request: Request) -> tuple[str, service.User]:
     errors = []
     for name, limit in (("email", EMAIL_MAX), ("password", PASSWORD_MAX)):
         try:
-            value = msgspec.json.decode(fields[name], type=str) if name in fields else None
+            value = decode_field(fields[name], str) if name in fields else None
         except msgspec.ValidationError:
             value = None
         if value is None or not 0 < len(value) <= limit:

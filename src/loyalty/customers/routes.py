@@ -11,7 +11,14 @@ from loyalty.auth.scopes import CUSTOMERS_READ, CUSTOMERS_WRITE
 from loyalty.context import AppContext
 from loyalty.customers import service
 from loyalty.errors import FieldError, InvalidData
-from loyalty.http import json_response, parse_page, query_params, read_json_object
+from loyalty.http import (
+    decode_field,
+    json_response,
+    parse_page,
+    path_param,
+    query_params,
+    read_json_object,
+)
 
 _CREATE_FIELDS = frozenset({"email", "first_name", "last_name", "id"})
 _LIST_PARAMS = frozenset({"q", "limit", "offset"})
@@ -21,7 +28,13 @@ def routes(ctx: AppContext) -> list[Route]:
     async def create(request: Request) -> Response:
         await ctx.principal(request, CUSTOMERS_WRITE)
         fields = await read_json_object(request, _CREATE_FIELDS)
-        values = {name: msgspec.json.decode(raw) for name, raw in fields.items()}
+        values = {}
+        for name, raw in fields.items():
+            try:
+                values[name] = decode_field(raw, object)
+            except msgspec.ValidationError:
+                message = f"{name} is not valid"
+                raise InvalidData(message, [FieldError(name, message)]) from None
         customer = await service.create_customer(ctx.db, service.NewCustomer(**values))
         return json_response({"customer": customer})
 
@@ -41,11 +54,15 @@ def routes(ctx: AppContext) -> list[Route]:
     async def get(request: Request) -> Response:
         await ctx.principal(request, CUSTOMERS_READ)
         query_params(request, frozenset())
-        customer = await service.get_customer(ctx.db, request.path_params["customer_id"])
+        customer_id = path_param(request, "customer_id", service.CUSTOMER_ID_MAX)
+        customer = await service.get_customer(ctx.db, customer_id)
         return json_response({"customer": customer})
 
+    async def collection(request: Request) -> Response:
+        # One route for the path, so that a 405 lists every allowed method.
+        return await (create(request) if request.method == "POST" else list_(request))
+
     return [
-        Route("/admin/customers", create, methods=["POST"]),
-        Route("/admin/customers", list_, methods=["GET"]),
+        Route("/admin/customers", collection, methods=["GET", "POST"]),
         Route("/admin/customers/{customer_id}", get, methods=["GET"]),
     ]

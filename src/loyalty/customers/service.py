@@ -14,6 +14,7 @@ from loyalty.ids import new_id
 from loyalty.timestamps import now_ms, render
 
 CUSTOMER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+CUSTOMER_ID_MAX = 64
 NAME_MAX = 255
 QUERY_MAX = 255
 

@@ -16,6 +16,7 @@ from loyalty.http import (
     parse_json_object,
     parse_page,
     parse_with,
+    path_param,
     query_params,
     read_body,
 )
@@ -37,11 +38,7 @@ _ORDERS = {"created_at": False, "-created_at": True}  # value: newest first
 
 
 def _path_customer_id(request: Request) -> str:
-    customer_id: str = request.path_params["customer_id"]
-    if len(customer_id) > CUSTOMER_ID_MAX:
-        message = f"customer_id must be at most {CUSTOMER_ID_MAX} characters"
-        raise InvalidData(message, [FieldError("customer_id", message)])
-    return customer_id
+    return path_param(request, "customer_id", CUSTOMER_ID_MAX)
 
 
 def routes(ctx: AppContext) -> list[Route]:

@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 
 from loyalty.errors import FieldError, validation_error
+from loyalty.http import decode_field
 from loyalty.ledger import points
 from loyalty.ledger.points import DELTA_MAX_HUNDREDTHS, PointsError
 from loyalty.timestamps import render, render_optional
@@ -54,7 +55,7 @@ def _string(raw: msgspec.Raw | None) -> str | None:
     if raw is None:
         return None
     try:
-        return msgspec.json.decode(raw, type=str)
+        return decode_field(raw, str)
     except msgspec.ValidationError:
         return None
 
