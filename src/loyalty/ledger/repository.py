@@ -64,6 +64,35 @@ async def latest_adjustments(
     )
 
 
+async def latest_adjustments_many(
+    conn: Connection, dialect: str, wanted: list[tuple[str, int]], limit: int
+) -> dict[tuple[str, int], list[Row]]:
+    """`latest_adjustments` for many (customer_id, up_to_seq) pairs: on PostgreSQL one query
+    (an index walk per pair, side by side), on SQLite one in-process query per pair."""
+    if not wanted:
+        return {}
+    if dialect != "postgresql":
+        return {
+            (customer_id, seq): await latest_adjustments(conn, customer_id, seq, limit)
+            for customer_id, seq in wanted
+        }
+    rows = await conn.fetch(
+        f"SELECT p.customer_id, p.up_to, {HISTORY_COLUMNS}"
+        " FROM unnest($1::text[], $2::bigint[]) AS p(customer_id, up_to)"
+        f" CROSS JOIN LATERAL (SELECT seq, {HISTORY_COLUMNS} FROM loyalty_adjustments a"
+        "  WHERE a.customer_id = p.customer_id AND a.seq <= p.up_to"
+        "  ORDER BY a.seq DESC LIMIT $3) h"
+        " ORDER BY p.customer_id, p.up_to, h.seq DESC",
+        [customer_id for customer_id, _ in wanted],
+        [seq for _, seq in wanted],
+        limit,
+    )
+    found: dict[tuple[str, int], list[Row]] = {pair: [] for pair in wanted}
+    for row in rows:
+        found[(row[0], row[1])].append(tuple(row)[2:])
+    return found
+
+
 async def page_adjustments(
     conn: Connection,
     customer_id: str,

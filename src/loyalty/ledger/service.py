@@ -260,6 +260,16 @@ class _Batch:
         return None
 
     async def _reply(self, applied: list[_Applied]) -> None:
+        histories = await repository.latest_adjustments_many(
+            self.conn,
+            self.dialect,
+            [
+                (adjustment.customer_id, adjustment.seq)
+                for adjustment in applied
+                if self.commands[adjustment.index].include_history
+            ],
+            HISTORY_IN_ADJUST,
+        )
         key_rows = []
         for adjustment in applied:
             command = self.commands[adjustment.index]
@@ -270,9 +280,7 @@ class _Batch:
                 "updated_at": render(adjustment.created_at_ms),
             }
             if command.include_history:
-                rows = await repository.latest_adjustments(
-                    self.conn, adjustment.customer_id, adjustment.seq, HISTORY_IN_ADJUST
-                )
+                rows = histories[(adjustment.customer_id, adjustment.seq)]
                 response["history"] = [adjustment_json(row) for row in rows]
             body = _encoder.encode(response)
             self.outcomes[adjustment.index] = AdjustReply(body)
