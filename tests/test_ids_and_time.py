@@ -7,7 +7,9 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loyalty import timestamps
+from ulid import ULID as ReferenceUlid
+
+from loyalty import ids, timestamps
 from loyalty.ids import new_id, next_id_after
 
 ULID = re.compile(r"^adj_[0-9A-HJKMNP-TV-Z]{26}$")
@@ -28,6 +30,15 @@ def test_ids_in_one_millisecond_strictly_increase(timestamp_ms: int, count: int)
         current = next_id_after("adj", timestamp_ms, previous)
         assert previous is None or current > previous
         previous = current
+
+
+@given(ms, st.integers(min_value=0, max_value=2**80 - 1))
+def test_ids_agree_with_the_reference_ulid_library(timestamp_ms: int, randomness: int) -> None:
+    """Our base32 shortcut writes and reads exactly what python-ulid does."""
+    value = (timestamp_ms << 80) | randomness
+    reference = str(ReferenceUlid.from_int(value))
+    assert ids._encode(timestamp_ms, randomness) == reference
+    assert ids._decode(reference) == value
 
 
 def test_a_later_millisecond_sorts_after() -> None:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 import secrets
-
-from ulid import ULID
 
 _RANDOM_BITS = 80
 _ULID_MAX = (1 << 128) - 1
+_ULID_CHARS = 26
+# RFC 4648's base32 alphabet to Crockford's, which ULIDs use: the C codec does the work.
+_RFC_TO_CROCKFORD = bytes.maketrans(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+)
+_CROCKFORD_TO_RFC = bytes.maketrans(
+    b"0123456789ABCDEFGHJKMNPQRSTVWXYZ", b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+)
 
 
 def new_id(prefix: str, timestamp_ms: int) -> str:
@@ -24,11 +31,23 @@ def next_id_after(prefix: str, timestamp_ms: int, previous: str | None) -> str:
     candidate = new_id(prefix, timestamp_ms)
     if previous is None or candidate > previous:
         return candidate
-    successor = int(ULID.from_str(previous[len(prefix) + 1 :])) + 1
+    successor = _decode(previous[len(prefix) + 1 :]) + 1
     if successor > _ULID_MAX:
         raise OverflowError("no ULID sorts after the previous one")
-    return f"{prefix}_{ULID.from_int(successor)}"
+    return f"{prefix}_{_encode_int(successor)}"
 
 
 def _encode(timestamp_ms: int, randomness: int) -> str:
-    return str(ULID.from_int((timestamp_ms << _RANDOM_BITS) | randomness))
+    return _encode_int((timestamp_ms << _RANDOM_BITS) | randomness)
+
+
+def _encode_int(value: int) -> str:
+    """A 128-bit value as 26 Crockford base32 characters: the low 130 bits of a 160-bit
+    base32 text."""
+    text = base64.b32encode(value.to_bytes(20, "big"))[-_ULID_CHARS:]
+    return text.translate(_RFC_TO_CROCKFORD).decode()
+
+
+def _decode(text: str) -> int:
+    padded = b"A" * (32 - _ULID_CHARS) + text.encode().translate(_CROCKFORD_TO_RFC)
+    return int.from_bytes(base64.b32decode(padded), "big")

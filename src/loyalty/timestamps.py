@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from functools import lru_cache
 from datetime import UTC, datetime, timedelta
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -15,8 +16,14 @@ def now_ms() -> int:
 
 def render(ms: int) -> str:
     """`2026-02-18T12:34:56.789Z`."""
-    moment = _EPOCH + timedelta(milliseconds=ms)
-    return f"{moment:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
+    seconds, millis = divmod(ms, 1000)
+    return f"{_render_second(seconds)}.{millis:03d}Z"
+
+
+@lru_cache(maxsize=256)
+def _render_second(seconds: int) -> str:
+    # Adjustments of one batch, and of one busy second, share their second's text.
+    return f"{_EPOCH + timedelta(seconds=seconds):%Y-%m-%dT%H:%M:%S}"
 
 
 def render_optional(ms: int | None) -> str | None:
