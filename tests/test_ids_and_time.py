@@ -6,7 +6,6 @@ import re
 
 from hypothesis import given
 from hypothesis import strategies as st
-
 from ulid import ULID as ReferenceUlid
 
 from loyalty import ids, timestamps
