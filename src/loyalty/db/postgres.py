@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import asyncpg
 
 from loyalty.db import Connection, RetryableConflict, Row, UniqueViolation
 from loyalty.errors import DatabaseUnavailable
+
+log = logging.getLogger("loyalty.db")
 
 ACQUIRE_TIMEOUT_S = 5.0
 COMMAND_TIMEOUT_S = 15.0
@@ -70,14 +73,33 @@ class PostgresDatabase:
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
         try:
-            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
-                yield conn
+            conn = await self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S)
+        except _UNAVAILABLE as error:
+            raise DatabaseUnavailable() from error
+        try:
+            yield conn
         except asyncpg.UniqueViolationError as error:
             raise UniqueViolation(str(error)) from error
         except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as error:
             raise RetryableConflict(str(error)) from error
         except _UNAVAILABLE as error:
             raise DatabaseUnavailable() from error
+        except asyncpg.exceptions.InternalClientError as error:
+            # Its protocol lost step ("cannot switch to state ..."), as when the server ends
+            # the session just as a query starts (a shutdown). The connection must never
+            # serve again, so it leaves the pool now.
+            conn.terminate()
+            log.warning("a database connection failed and was dropped: %s", error)
+            raise DatabaseUnavailable() from error
+        finally:
+            await self._release(conn)
+
+    async def _release(self, conn: asyncpg.Connection) -> None:
+        # The block's outcome is settled by now: committed, or failed with its own error. A
+        # connection that cannot be reset for reuse (the server is going away) must not change
+        # it: a COMMIT that succeeded is a success, not a 503. The pool drops such a connection.
+        with suppress(Exception):
+            await self._pool.release(conn)
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Connection]:

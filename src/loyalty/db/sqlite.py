@@ -24,6 +24,9 @@ from loyalty.errors import DatabaseUnavailable
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 5000
+# /health waits at most this long for the write lock: long enough for a busy service's
+# batches to come and go, short enough to answer well before a client or a balancer gives up.
+HEALTH_BUSY_TIMEOUT_MS = 1000
 READERS = 4
 _PARAMETER = re.compile(r"\$(\d+)")
 _ANY = re.compile(r"= ANY\(\$(\d+)\)")
@@ -146,10 +149,37 @@ def _rollback(conn: sqlite3.Connection) -> None:
         conn.execute("ROLLBACK")
 
 
+def _files_writable(path: str) -> bool:
+    """Whether this process may write the database file and, where they exist, its -wal and
+    -shm files. access(2) is the kernel's own answer, so it holds for root too, which ignores
+    file modes but not the immutable flag or a read-only mount."""
+    if not os.access(path, os.W_OK):
+        return False
+    return all(
+        os.access(name, os.W_OK) or not os.path.exists(name)
+        for name in (f"{path}-wal", f"{path}-shm")
+    )
+
+
+def _probe_write_lock(conn: sqlite3.Connection) -> None:
+    # Takes the write lock and gives it back at once: nothing is written. Another process
+    # holding the lock is seen within HEALTH_BUSY_TIMEOUT_MS, not the writers' 5 s.
+    conn.execute(f"PRAGMA busy_timeout = {HEALTH_BUSY_TIMEOUT_MS}")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("SELECT count(*) FROM alembic_version").fetchone()
+        finally:
+            conn.execute("ROLLBACK")
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
+
 class SqliteDatabase:
     dialect = "sqlite"
 
     def __init__(self, path: str) -> None:
+        self._path = path
         self._writer = _ThreadConnection(path)
         self._write_lock = asyncio.Lock()
         self._readers: asyncio.Queue[_ThreadConnection] = asyncio.Queue()
@@ -189,8 +219,16 @@ class SqliteDatabase:
             self._readers.put_nowait(conn)
 
     async def ping(self) -> None:
-        async with self.read() as conn:
-            await conn.fetchval("SELECT count(*) FROM alembic_version")
+        """Proves the database can be written, not only read: in WAL mode reads go on while
+        another process holds the write lock or the files have turned read-only, and then
+        every adjustment would fail while a read-only ping said all was well."""
+        conn = await self._readers.get()
+        try:
+            if not await conn.run(lambda c: _files_writable(self._path)):
+                raise DatabaseUnavailable()
+            await conn.run(_probe_write_lock)
+        finally:
+            self._readers.put_nowait(conn)
 
     async def close(self) -> None:
         await self._writer.close()
