@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench bench-quick clean
+.PHONY: run test fuzz lint format bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ test: $(STAMP)
 	$(BIN)/pytest -q
 	$(MAKE) lint
 
+## fuzz: schemathesis over every operation, 1000 random cases each, on SQLite and PostgreSQL
+fuzz: $(STAMP)
+	LOYALTY_FUZZ_EXAMPLES=1000 $(BIN)/pytest -q -s tests/test_fuzz.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
@@ -29,6 +33,14 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format src tests
 	$(BIN)/ruff check --fix src tests
+
+## bench: set up and measure the service against its raw limit on both databases (bench/README.md)
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+## bench-quick: a one-minute subset of `make bench` per database (no S5)
+bench-quick: $(STAMP)
+	$(BIN)/python bench/run.py --quick
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

@@ -8,13 +8,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route, Router
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp
 
 from loyalty import openapi
+from loyalty.auth import rate_limit
 from loyalty.auth import routes as auth_routes
 from loyalty.auth import service as auth
 from loyalty.config import Settings
@@ -26,10 +31,55 @@ from loyalty.http import json_response
 from loyalty.idempotency import cleanup as idempotency_cleanup
 from loyalty.ledger import routes as ledger_routes
 from loyalty.ledger.service import Ledger
+from loyalty.request_log import REQUEST_ID_HEADER, RequestLog
 
 log = logging.getLogger("loyalty")
 
 _HTTP_ERROR_TYPES = {404: "not_found", 405: "not_allowed", 413: "invalid_data"}
+CORS_MAX_AGE_S = 600
+
+
+class _Service(Starlette):
+    """Starlette with the request log outermost, outside even the handler of unexpected
+    errors, so that every response carries its X-Request-Id and is logged once."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return RequestLog(super().build_middleware_stack())
+
+
+class _Cors(CORSMiddleware):
+    """Starlette's CORS, answering a preflight with 204 and no body, or a refused one in our
+    error envelope, rather than in plain text."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        headers = {
+            name: value
+            for name, value in response.headers.items()
+            if name not in ("content-type", "content-length")
+        }
+        if response.status_code == 200:
+            return Response(status_code=204, headers=headers)
+        # "Disallowed CORS origin", "... method" or "... headers": nothing but what was asked.
+        body = {"type": "invalid_data", "message": bytes(response.body).decode()}
+        return json_response(body, response.status_code, headers)
+
+
+def _cors(settings: Settings) -> list[Middleware]:
+    """Closed unless LOYALTY_CORS_ORIGINS lists origins: then for exactly those. Tokens are
+    sent as headers, never cookies, so credentials stay off."""
+    if not settings.cors_origins:
+        return []
+    return [
+        Middleware(
+            _Cors,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", REQUEST_ID_HEADER],
+            expose_headers=[REQUEST_ID_HEADER, "Idempotent-Replayed", "Retry-After"],
+            max_age=CORS_MAX_AGE_S,
+        )
+    ]
 
 
 def error_response(error: LoyaltyError) -> Response:
@@ -71,14 +121,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         ctx.db = await open_database(ctx.settings.database_url, ctx.settings.db_pool_size)
         ctx.ledger = Ledger(ctx.db, ctx.settings.allow_negative_balance)
-        cleanup = None
+        cleanups: list[asyncio.Task[None]] = []
         try:
             ctx.jwt_secret = await auth.ensure_jwt_secret(ctx.db, ctx.settings)
             ctx.ledger.start()
-            cleanup = asyncio.create_task(idempotency_cleanup.run_periodically(ctx.db))
+            cleanups.append(asyncio.create_task(idempotency_cleanup.run_periodically(ctx.db)))
+            window_ms = ctx.settings.login_window_seconds * 1000
+            cleanups.append(
+                asyncio.create_task(rate_limit.run_cleanup_periodically(ctx.db, window_ms))
+            )
             yield
         finally:
-            if cleanup is not None:
+            for cleanup in cleanups:
                 cleanup.cancel()
             # In-flight adjustments finish and are answered before the database closes.
             await ctx.ledger.stop()
@@ -103,8 +157,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *customer_routes.routes(ctx),
         *ledger_routes.routes(ctx),
     ]
-    app = Starlette(
+    app = _Service(
         routes=routes,
+        middleware=_cors(ctx.settings),
         lifespan=lifespan,
         exception_handlers={
             LoyaltyError: _on_loyalty_error,

@@ -1,4 +1,4 @@
-"""The `loyalty` command: serve, db migrate, user create / delete, verify.
+"""The `loyalty` command: serve, db migrate, user create / delete / disable / enable, verify.
 
 Thin: each subcommand reads the settings, opens the database and calls the same services
 the HTTP routes use.
@@ -12,7 +12,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from loyalty import migrate
+from loyalty import migrate, request_log
 from loyalty.auth import service as auth
 from loyalty.auth.scopes import ALL_SCOPES
 from loyalty.config import ConfigError, Settings
@@ -58,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
         "delete", help="delete an admin user; its tokens stop working"
     )
     delete.add_argument("--email", required=True)
+    disable = user_commands.add_parser(
+        "disable", help="disable an admin user: no login, and its tokens stop working at once"
+    )
+    disable.add_argument("--email", required=True)
+    enable = user_commands.add_parser("enable", help="enable a disabled admin user again")
+    enable.add_argument("--email", required=True)
 
     commands.add_parser("verify", help="check every ledger invariant; exit 1 if any fails")
     return parser
@@ -74,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
             print("migrations applied")
         elif args.command == "user" and args.user_command == "create":
             _user_create(settings, args)
+        elif args.command == "user" and args.user_command in ("disable", "enable"):
+            _user_set_disabled(settings, args.email, args.user_command == "disable")
         elif args.command == "user":
             _user_delete(settings, args.email)
         elif args.command == "verify":
@@ -122,6 +130,14 @@ def _user_delete(settings: Settings, email: str) -> None:
     print(user_id)
 
 
+def _user_set_disabled(settings: Settings, email: str, disabled: bool) -> None:
+    migrate.upgrade(settings.database_url)
+    user_id = _with_db(settings, lambda db: auth.set_user_disabled(db, email, disabled))
+    if user_id is None:
+        _fail(f"no user with email {email}")
+    print(user_id)
+
+
 def _serve(settings: Settings, host: str, port: int, workers: int) -> None:
     import uvicorn
 
@@ -146,7 +162,13 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> None:
         workers=workers,
         loop="uvloop",
         http="httptools",
+        # One JSON line per request comes from loyalty.request_log instead.
         access_log=False,
+        log_config=request_log.logging_config(settings.log_level),
+        # X-Forwarded-For is believed only from the proxies LOYALTY_TRUST_PROXY names
+        # (uvicorn would otherwise believe any local process that sends it).
+        proxy_headers=bool(settings.trust_proxy),
+        forwarded_allow_ips=list(settings.trust_proxy) or None,
         timeout_graceful_shutdown=30,
     )
 

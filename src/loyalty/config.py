@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DEFAULT_DATABASE_URL = "sqlite:///./data/loyalty.db"
 JWT_TTL_SECONDS_MAX = 366 * 24 * 3600
+LOGIN_WINDOW_SECONDS_MAX = 24 * 3600
+LOGIN_FAILURES_MAX = 1_000_000
+LIST_ITEMS_MAX = 64
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# A browser's Origin header: scheme, host and an optional port, nothing more.
+_ORIGIN = re.compile(
+    r"https?://[a-z0-9.-]+(?::[0-9]{1,5})?|https?://\[[0-9a-f:.]+\](?::[0-9]{1,5})?"
+)
 
 
 class ConfigError(Exception):
@@ -16,15 +26,27 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    database_url: str = DEFAULT_DATABASE_URL
+    # Secrets stay out of repr(), so printing or logging the settings cannot leak them
+    # (a PostgreSQL URL may hold a password).
+    database_url: str = field(default=DEFAULT_DATABASE_URL, repr=False)
     # None means: use the secret kept in the database (generated on first start).
-    jwt_secret: str | None = None
+    jwt_secret: str | None = field(default=None, repr=False)
     jwt_ttl_seconds: int = 86400
     allow_negative_balance: bool = False
     admin_email: str | None = None
-    admin_password: str | None = None
+    admin_password: str | None = field(default=None, repr=False)
     # Connections each worker process keeps to PostgreSQL.
     db_pool_size: int = 16
+    # Failed logins allowed per email and per client address within one window.
+    login_window_seconds: int = 900
+    login_max_failures_per_email: int = 10
+    login_max_failures_per_address: int = 30
+    # Addresses or networks of the reverse proxies whose X-Forwarded-For is believed.
+    # Empty: the header is ignored and the client is the connection's peer.
+    trust_proxy: tuple[str, ...] = ()
+    # Origins a browser may call the API from; empty: no CORS headers at all.
+    cors_origins: tuple[str, ...] = ()
+    log_level: str = "INFO"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -40,6 +62,18 @@ class Settings:
             admin_email=env.get("LOYALTY_ADMIN_EMAIL") or None,
             admin_password=env.get("LOYALTY_ADMIN_PASSWORD") or None,
             db_pool_size=_int(env, "LOYALTY_DB_POOL_SIZE", 16, 1, 256),
+            login_window_seconds=_int(
+                env, "LOYALTY_LOGIN_WINDOW_SECONDS", 900, 1, LOGIN_WINDOW_SECONDS_MAX
+            ),
+            login_max_failures_per_email=_int(
+                env, "LOYALTY_LOGIN_MAX_FAILURES_PER_EMAIL", 10, 1, LOGIN_FAILURES_MAX
+            ),
+            login_max_failures_per_address=_int(
+                env, "LOYALTY_LOGIN_MAX_FAILURES_PER_ADDRESS", 30, 1, LOGIN_FAILURES_MAX
+            ),
+            trust_proxy=_proxies(env, "LOYALTY_TRUST_PROXY"),
+            cors_origins=_origins(env, "LOYALTY_CORS_ORIGINS"),
+            log_level=_log_level(env, "LOYALTY_LOG_LEVEL"),
         )
 
 
@@ -66,3 +100,42 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _items(env: Mapping[str, str], name: str) -> list[str]:
+    items = [item.strip() for item in (env.get(name) or "").split(",") if item.strip()]
+    if len(items) > LIST_ITEMS_MAX:
+        raise ConfigError(f"{name} may list at most {LIST_ITEMS_MAX} entries")
+    return items
+
+
+def _proxies(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    proxies = _items(env, name)
+    for proxy in proxies:
+        # "*" would believe any client's own X-Forwarded-For, which defeats the point.
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"{name} must list IP addresses or networks (CIDR), got {proxy!r}"
+            ) from None
+    return tuple(proxies)
+
+
+def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    origins = []
+    for item in _items(env, name):
+        origin = item.lower().rstrip("/")
+        if not _ORIGIN.fullmatch(origin):
+            raise ConfigError(
+                f"{name} must list origins such as https://shop.example, got {item!r}"
+            )
+        origins.append(origin)
+    return tuple(dict.fromkeys(origins))
+
+
+def _log_level(env: Mapping[str, str], name: str) -> str:
+    level = (env.get(name) or "INFO").strip().upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"{name} must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    return level

@@ -10,6 +10,7 @@ from loyalty.auth import service as auth
 from loyalty.config import Settings
 from loyalty.db import Database
 from loyalty.ledger.service import Ledger
+from loyalty.request_log import note_user
 
 
 @dataclass(slots=True)
@@ -25,6 +26,7 @@ class AppContext:
         principal = await auth.authenticate(
             self.db, self.jwt_secret, request.headers.get("authorization")
         )
+        note_user(request.scope, principal.user_id)
         principal.require(scope)
         return principal
 
@@ -32,5 +34,6 @@ class AppContext:
         """The token's user and scopes without a database lookup (401 / 403); for routes that
         confirm the user inside their own transaction."""
         principal = auth.principal_from_token(self.jwt_secret, request.headers.get("authorization"))
+        note_user(request.scope, principal.user_id)
         principal.require(scope)
         return principal

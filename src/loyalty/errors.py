@@ -75,6 +75,17 @@ class IdempotencyMismatch(LoyaltyError):
     type = "idempotency_error"
 
 
+class TooManyRequests(LoyaltyError):
+    """Too many failed logins for one email or one client address within the window."""
+
+    status = 429
+    type = "not_allowed"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.headers["Retry-After"] = str(retry_after_s)
+
+
 class PayloadTooLarge(LoyaltyError):
     status = 413
     type = "invalid_data"

@@ -40,6 +40,24 @@ _ADMIN_ERRORS = {
 }
 
 
+_LOGIN_ERRORS = {
+    "400": _error("Invalid input"),
+    "401": _error("Wrong email or password"),
+    "413": _error("Body too large"),
+    "429": {
+        **_error("Too many failed logins for this email or client address (not_allowed)"),
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds until logins are accepted again",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        },
+    },
+    "500": _error("Unexpected error"),
+    "503": _error("The database cannot be reached"),
+}
+
+
 def _page_params(extra: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     return [
         {
@@ -96,9 +114,7 @@ _PATHS: dict[str, Any] = {
             "requestBody": _login_body(),
             "responses": {
                 "200": _json(_schema("TokenWithUser"), "A token and its user"),
-                "400": _error("Invalid input"),
-                "401": _error("Wrong email or password"),
-                "413": _error("Body too large"),
+                **_LOGIN_ERRORS,
             },
         }
     },
@@ -116,9 +132,7 @@ _PATHS: dict[str, Any] = {
                     },
                     "A token",
                 ),
-                "400": _error("Invalid input"),
-                "401": _error("Wrong email or password"),
-                "413": _error("Body too large"),
+                **_LOGIN_ERRORS,
             },
         }
     },
@@ -186,8 +200,12 @@ _PATHS: dict[str, Any] = {
                 {
                     "name": "Idempotency-Key",
                     "in": "header",
-                    "description": "Reserved for retry-safe adjustments",
-                    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                    "description": (
+                        "Makes a retry safe: a later request by the same user with the same"
+                        " key and the same method, path, query and body gets the first"
+                        " response again, with Idempotent-Replayed: true, and records nothing"
+                    ),
+                    "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"},
                 },
             ],
             "requestBody": {
@@ -195,12 +213,22 @@ _PATHS: dict[str, Any] = {
                 "content": {"application/json": {"schema": _schema("AdjustRequest")}},
             },
             "responses": {
-                "200": _json(_schema("AdjustResponse"), "The adjustment and the new balance"),
+                "200": {
+                    **_json(_schema("AdjustResponse"), "The adjustment and the new balance"),
+                    "headers": {
+                        "Idempotent-Replayed": {
+                            "description": "`true` when this is the kept response of an"
+                            " earlier request with the same Idempotency-Key",
+                            "schema": {"type": "string", "enum": ["true"]},
+                        }
+                    },
+                },
                 **_ADMIN_ERRORS,
                 "400": _error("Invalid input, or insufficient points (not_allowed)"),
                 "404": _error("Unknown customer"),
-                "405": _error("Only POST is allowed here"),
+                "409": _error("A request with the same Idempotency-Key is still in flight"),
                 "413": _error("Body too large"),
+                "422": _error("The Idempotency-Key was used with a different request"),
             },
         }
     },

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from loyalty.db import Connection, Row
+
+LOGIN_FAILURES_CLEANUP_CHUNK = 500
 
 
 async def insert_user(
@@ -30,7 +34,7 @@ async def insert_user(
     )
 
 
-_USER_COLUMNS = "id, email, password_hash, first_name, last_name, scopes"
+_USER_COLUMNS = "id, email, password_hash, first_name, last_name, scopes, disabled_at_ms"
 
 
 async def find_user_by_email_key(conn: Connection, email_key: str) -> Row | None:
@@ -38,13 +42,40 @@ async def find_user_by_email_key(conn: Connection, email_key: str) -> Row | None
 
 
 async def find_user_scopes(conn: Connection, user_id: str) -> str | None:
-    value: str | None = await conn.fetchval("SELECT scopes FROM users WHERE id = $1", user_id)
+    """The scopes of an active user; None for a user that is deleted or disabled."""
+    value: str | None = await conn.fetchval(
+        "SELECT scopes FROM users WHERE id = $1 AND disabled_at_ms IS NULL", user_id
+    )
     return value
 
 
 async def find_users_scopes(conn: Connection, user_ids: list[str]) -> dict[str, str]:
-    rows = await conn.fetch("SELECT id, scopes FROM users WHERE id = ANY($1)", user_ids)
+    """The scopes of those of the users that exist and are not disabled."""
+    rows = await conn.fetch(
+        "SELECT id, scopes FROM users WHERE id = ANY($1) AND disabled_at_ms IS NULL", user_ids
+    )
     return {row[0]: row[1] for row in rows}
+
+
+async def disable_user_by_email_key(conn: Connection, email_key: str, now_ms: int) -> str | None:
+    """Marks the user disabled (keeping the first time it was); returns its id."""
+    value: str | None = await conn.fetchval(
+        "UPDATE users SET disabled_at_ms = coalesce(disabled_at_ms, $2), updated_at_ms = $2"
+        " WHERE email_key = $1 RETURNING id",
+        email_key,
+        now_ms,
+    )
+    return value
+
+
+async def enable_user_by_email_key(conn: Connection, email_key: str, now_ms: int) -> str | None:
+    value: str | None = await conn.fetchval(
+        "UPDATE users SET disabled_at_ms = NULL, updated_at_ms = $2"
+        " WHERE email_key = $1 RETURNING id",
+        email_key,
+        now_ms,
+    )
+    return value
 
 
 async def delete_user_by_email_key(conn: Connection, email_key: str) -> str | None:
@@ -71,3 +102,47 @@ async def insert_setting_if_absent(conn: Connection, key: str, value: str) -> No
         key,
         value,
     )
+
+
+async def count_login_failure(
+    conn: Connection, key: str, now_ms: int, expired_before_ms: int
+) -> tuple[int, int]:
+    """Adds one failure to the key's window, first starting a new window at `now_ms` when the
+    current one began before `expired_before_ms`; returns (failures, window_start_ms)."""
+    # In DO UPDATE, login_failures.* are the row's values before this statement.
+    row = await conn.fetchrow(
+        "INSERT INTO login_failures (key, window_start_ms, failures) VALUES ($1, $2, 1)"
+        " ON CONFLICT (key) DO UPDATE SET"
+        " failures = CASE WHEN login_failures.window_start_ms < $3 THEN 1"
+        " ELSE login_failures.failures + 1 END,"
+        " window_start_ms = CASE WHEN login_failures.window_start_ms < $3 THEN $2"
+        " ELSE login_failures.window_start_ms END"
+        " RETURNING failures, window_start_ms",
+        key,
+        now_ms,
+        expired_before_ms,
+    )
+    if row is None:
+        raise RuntimeError("an upsert returned no row")
+    return int(row[0]), int(row[1])
+
+
+async def uncount_login_failures(conn: Connection, counted: Sequence[tuple[str, int]]) -> None:
+    """Takes back one failure from each (key, window_start_ms), if that window still runs."""
+    await conn.executemany(
+        "UPDATE login_failures SET failures = failures - 1"
+        " WHERE key = $1 AND window_start_ms = $2 AND failures > 0",
+        counted,
+    )
+
+
+async def delete_expired_login_failures(conn: Connection, expired_before_ms: int) -> int:
+    """Deletes up to LOGIN_FAILURES_CLEANUP_CHUNK windows that began before
+    `expired_before_ms`; returns how many."""
+    rows = await conn.fetch(
+        "DELETE FROM login_failures WHERE key IN ("
+        " SELECT key FROM login_failures WHERE window_start_ms < $1"
+        f" LIMIT {LOGIN_FAILURES_CLEANUP_CHUNK}) RETURNING 1",
+        expired_before_ms,
+    )
+    return len(rows)

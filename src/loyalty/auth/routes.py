@@ -9,10 +9,12 @@ from starlette.routing import Route
 
 from loyalty.auth import service
 from loyalty.auth.passwords import PASSWORD_MAX
+from loyalty.auth.rate_limit import LoginLimits
 from loyalty.context import AppContext
 from loyalty.emails import EMAIL_MAX
 from loyalty.errors import FieldError, validation_error
 from loyalty.http import decode_field, json_response, read_json_object
+from loyalty.request_log import note_user
 
 _LOGIN_FIELDS = frozenset({"email", "password"})
 
@@ -33,9 +35,20 @@ async def _login(ctx: AppContext, request: Request) -> tuple[str, service.User]:
     if errors:
         raise validation_error(errors)
     settings = ctx.settings
-    return await service.login(
-        ctx.db, ctx.jwt_secret, settings.jwt_ttl_seconds, values["email"], values["password"]
+    # The connection's peer; uvicorn puts the X-Forwarded-For client here instead only when
+    # the peer is one of the proxies LOYALTY_TRUST_PROXY names.
+    client = request.client.host if request.client else None
+    token, user = await service.login(
+        ctx.db,
+        ctx.jwt_secret,
+        settings.jwt_ttl_seconds,
+        values["email"],
+        values["password"],
+        LoginLimits.from_settings(settings),
+        client,
     )
+    note_user(request.scope, user.id)
+    return token, user
 
 
 def routes(ctx: AppContext) -> list[Route]:

@@ -6,12 +6,18 @@ import secrets
 from contextlib import suppress
 from dataclasses import dataclass
 
-from loyalty.auth import repository
-from loyalty.auth.passwords import PASSWORD_MAX, PASSWORD_MIN, hash_password, verify_password
+from loyalty.auth import rate_limit, repository
+from loyalty.auth.passwords import (
+    PASSWORD_MAX,
+    PASSWORD_MIN,
+    hash_password,
+    verify_password_off_loop,
+)
+from loyalty.auth.rate_limit import LoginLimits
 from loyalty.auth.scopes import ALL_SCOPES, format_scopes, parse_scopes
 from loyalty.auth.tokens import bearer_token, issue_token, verify_token
 from loyalty.config import Settings
-from loyalty.db import Database, UniqueViolation
+from loyalty.db import Database, RetryableConflict, Row, UniqueViolation
 from loyalty.emails import email_key, is_valid_email
 from loyalty.errors import Conflict, FieldError, Forbidden, InvalidData, Unauthorized
 from loyalty.ids import new_id
@@ -21,6 +27,8 @@ JWT_SECRET_KEY = "jwt_secret"  # noqa: S105 - the name of a setting, not a secre
 NAME_MAX = 255
 DEFAULT_ADMIN_EMAIL = "admin@localhost"
 INVALID_LOGIN = "Invalid email or password"
+# The login's first transaction may lose a race with the throttle's cleanup; it is rerun.
+LOGIN_ATTEMPTS_MAX = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,23 +100,60 @@ async def delete_user(db: Database, email: str) -> str | None:
         return await repository.delete_user_by_email_key(conn, email_key(email))
 
 
+async def set_user_disabled(db: Database, email: str, disabled: bool) -> str | None:
+    """Disables or enables the user with that email; returns its id, None if there is none.
+
+    A disabled user cannot log in, and its tokens are refused from the next request on.
+    """
+    async with db.write() as conn:
+        if disabled:
+            return await repository.disable_user_by_email_key(conn, email_key(email), now_ms())
+        return await repository.enable_user_by_email_key(conn, email_key(email), now_ms())
+
+
 async def login(
-    db: Database, secret: str, ttl_seconds: int, email: str, password: str
+    db: Database,
+    secret: str,
+    ttl_seconds: int,
+    email: str,
+    password: str,
+    limits: LoginLimits,
+    client: str | None,
 ) -> tuple[str, User]:
-    """A fresh token for the user, or 401 with one message whether email or password was wrong."""
-    async with db.read() as conn:
-        row = await repository.find_user_by_email_key(conn, email_key(email))
-    if not verify_password(row["password_hash"] if row else None, password) or row is None:
+    """A fresh token for the user; 401 with one message whether the email is unknown, the
+    password wrong or the user disabled, each at the cost of one password verification;
+    429 while the email or the client address has too many recent failures."""
+    key = email_key(email)
+    attempt, row = await _count_attempt(db, limits, key, client)
+    valid = await verify_password_off_loop(row["password_hash"] if row else None, password)
+    if not valid or row is None or row["disabled_at_ms"] is not None:
         raise Unauthorized(INVALID_LOGIN)
+    await rate_limit.uncount_attempt(db, attempt)
     user = User(
         row["id"], row["email"], row["first_name"], row["last_name"], parse_scopes(row["scopes"])
     )
     return issue_token(secret, user.id, user.scopes, ttl_seconds), user
 
 
+async def _count_attempt(
+    db: Database, limits: LoginLimits, key: str, client: str | None
+) -> tuple[rate_limit.CountedAttempt, Row | None]:
+    """Counts the attempt (or refuses it with 429) and finds the user, in one transaction."""
+    for attempt in range(1, LOGIN_ATTEMPTS_MAX + 1):
+        try:
+            async with db.write() as conn:
+                counted = await rate_limit.count_attempt(conn, limits, key, client)
+                return counted, await repository.find_user_by_email_key(conn, key)
+        except RetryableConflict:
+            if attempt == LOGIN_ATTEMPTS_MAX:
+                raise
+    raise RuntimeError("unreachable")
+
+
 async def authenticate(db: Database, secret: str, authorization: str | None) -> Principal:
     """The principal behind an Authorization header. The user is looked up on every request,
-    so a deleted user's tokens stop working at once and scope changes apply at once."""
+    so the tokens of a deleted or disabled user stop working at once, and scope changes apply
+    at once."""
     user_id, _ = verify_token(secret, bearer_token(authorization))
     async with db.read() as conn:
         scopes = await repository.find_user_scopes(conn, user_id)
