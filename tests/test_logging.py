@@ -363,3 +363,42 @@ def test_logging_config_writes_json_to_stderr() -> None:
     assert config["formatters"]["json"]["()"] == "loyalty.request_log.JsonFormatter"
     assert config["root"] == {"handlers": ["stderr"], "level": "INFO"}
     assert config["loggers"]["uvicorn.access"] == {"handlers": [], "propagate": False}
+
+
+def test_every_committed_adjustment_is_logged_once_by_a_real_server(
+    databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A real server logs each committed adjustment with its id, customer, delta, actor and
+    request id; a replay and a refused adjustment log none."""
+    with Server.start(databases.new_url(), tmp_path_factory.mktemp("adjlog")) as server:
+        client = httpx.Client(base_url=server.base_url, timeout=30)
+        login = client.post(
+            "/admin/auth/token", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
+        ).json()
+        client.headers["Authorization"] = f"Bearer {login['token']}"
+        cid = client.post(
+            "/admin/customers", json={"email": f"a-{uuid.uuid4().hex[:10]}@example.com"}
+        ).json()["customer"]["id"]
+        body = {"customer_id": cid, "delta": 12.5, "reason": "logged"}
+        first = client.post(
+            "/admin/loyalty/points/adjust", json=body, headers={"Idempotency-Key": "k-1"}
+        )
+        replay = client.post(
+            "/admin/loyalty/points/adjust", json=body, headers={"Idempotency-Key": "k-1"}
+        )
+        refused = client.post(
+            "/admin/loyalty/points/adjust", json={"customer_id": cid, "delta": -1000}
+        )
+        assert (first.status_code, replay.status_code, refused.status_code) == (200, 200, 400)
+        client.close()
+        server.stop()
+        lines = [
+            line for line in _lines(server.log()) if line.get("logger") == "loyalty.adjustments"
+        ]
+    assert len(lines) == 1
+    line = lines[0]
+    assert line["adjustment_id"] == first.json()["id"]
+    assert line["customer_id"] == cid
+    assert line["delta"] == 12.5
+    assert line["actor"] == login["user"]["id"]
+    assert line["request_id"] == first.headers["x-request-id"]

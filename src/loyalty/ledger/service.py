@@ -33,6 +33,7 @@ from loyalty.ledger import points, repository
 from loyalty.ledger.group_commit import GroupCommit
 from loyalty.ledger.points import BALANCE_MAX_HUNDREDTHS
 from loyalty.ledger.schemas import AdjustBody, adjustment_json, balance_json
+from loyalty.request_log import log_adjustment
 from loyalty.timestamps import now_ms, render
 
 HISTORY_IN_ADJUST = 20
@@ -56,6 +57,7 @@ class AdjustCommand:
 class AdjustReply:
     body: bytes  # the JSON response, exactly as first sent
     replayed: bool = False
+    adjustment_id: str | None = None  # None for a replay: it recorded nothing
 
 
 AdjustOutcome = AdjustReply | LoyaltyError
@@ -83,6 +85,15 @@ class Ledger:
         outcome = await self._group.submit(command)
         if isinstance(outcome, LoyaltyError):
             raise outcome
+        if outcome.adjustment_id is not None:
+            # Here, in the request's own task and after the commit: the line carries the
+            # request's id and speaks only of what is durable.
+            log_adjustment(
+                outcome.adjustment_id,
+                command.body.customer_id,
+                points.render(command.body.delta_hundredths).decode(),
+                command.user_id,
+            )
         return outcome
 
     async def _run_batch(self, commands: list[AdjustCommand]) -> list[AdjustOutcome]:
@@ -283,7 +294,7 @@ class _Batch:
                 rows = histories[(adjustment.customer_id, adjustment.seq)]
                 response["history"] = [adjustment_json(row) for row in rows]
             body = _encoder.encode(response)
-            self.outcomes[adjustment.index] = AdjustReply(body)
+            self.outcomes[adjustment.index] = AdjustReply(body, adjustment_id=adjustment.id)
             if command.claim is not None:
                 key_rows.append(
                     (
