@@ -1,0 +1,43 @@
+"""What the harness's scripts share: customer ids, SQLite's connection settings, psql."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+
+# The customers every scenario works on: cus_bench_0000 … cus_bench_0999.
+CUSTOMER_COUNT = 1000
+HOT_CUSTOMER = "cus_bench_hot"  # S3: every connection on this one
+BIG_CUSTOMER = "cus_bench_big"  # S5: the one that gets 1,000,000 prior adjustments
+
+# The service's own SQLite settings (src/loyalty/db/sqlite.py): WAL, synchronous=FULL.
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+PSQL_TIMEOUT_S = 3600
+
+
+def customer_id(index: int) -> str:
+    return f"cus_bench_{index:04d}"
+
+
+def sqlite_connect(path: str) -> sqlite3.Connection:
+    """A connection with exactly the pragmas and durability the service uses."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def psql(url: str, sql: str, *, single_transaction: bool = False) -> str:
+    """Runs SQL through psql (stops at the first error); returns its unaligned output."""
+    args = ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", "-"]
+    if single_transaction:
+        args.insert(1, "--single-transaction")
+    done = subprocess.run(
+        args, input=sql, capture_output=True, text=True, timeout=PSQL_TIMEOUT_S, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"psql failed ({done.returncode}): {done.stderr.strip()[:2000]}")
+    return done.stdout.strip()

@@ -1,0 +1,1290 @@
+"""The benchmark harness behind `make bench` and `make bench-quick` (see bench/README.md).
+
+For each database (SQLite, PostgreSQL) it measures the raw limit of the database itself
+(pgbench, or a tight sqlite3 loop), then starts `loyalty serve` in its production
+configuration on a fresh database, creates customers through the API, drives it with wrk
+for a fixed duration per scenario, records each worker's peak memory, stops it and runs
+`loyalty verify`. S5 repeats the adjust scenarios on a database bulk-loaded with 5,000,000
+adjustments and on a fresh one. Results: a Markdown table and a JSON file per database in
+bench/results/, and the same table on standard output.
+
+Only the standard library and httpx; wrk, pgbench and psql are run as commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import bulk_load
+import httpx
+from common import (
+    BIG_CUSTOMER,
+    CUSTOMER_COUNT,
+    HOT_CUSTOMER,
+    customer_id,
+    psql,
+    sqlite_connect,
+)
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCH_DIR / "results"
+CORES = len(os.sched_getaffinity(0))
+
+CONNECTION_COUNTS = (1, 16, 64)
+MANY = 64
+FULL_DURATION_S = 20
+QUICK_DURATION_S = 8
+WARMUP_S = 3
+QUICK_WARMUP_S = 2
+WARMUP_CONNECTIONS = 16
+WRK_THREADS = 1  # leaves the cores to the service; one wrk thread drives 64 connections
+WRK_TIMEOUT_S = 10
+PGBENCH_JOBS = 1
+STARTUP_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 45.0
+VERIFY_TIMEOUT_S = 3600
+VERIFY_ATTEMPTS = 3
+VERIFY_UNAVAILABLE_EXIT = 2
+CUSTOMER_CREATORS = 8
+
+ADMIN_EMAIL = "bench@example.com"
+DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+# The targets of the issue, as ratios measured in the same run.
+RATIO_MIN = 0.5
+P99_OVER_P50_MAX = 4.0
+S5_P50_RATIO_MAX = 1.2
+WORKER_PEAK_MB_MAX = 150.0
+
+BACKGROUND_SAMPLE_S = 1.0
+BACKGROUND_CPU_WARN_PERCENT = 10.0
+
+STARTED = time.monotonic()
+
+
+def say(message: str) -> None:
+    tenths = round((time.monotonic() - STARTED) * 10)
+    minutes, tenths = divmod(tenths, 600)
+    print(f"[{minutes:3d}:{tenths // 10:02d}.{tenths % 10}] {message}", flush=True)
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str  # S1 … S5
+    title: str
+    connections: int
+    script: str  # adjust.lua or balance.lua
+    customers: str  # which id list: "random" (the 1,000), "hot", "big"
+    history: bool
+    raw_work: str  # the raw-limit work it is compared with
+
+
+def s1(connections: int) -> Scenario:
+    return Scenario(
+        "S1", "adjust, random of 1,000", connections, "adjust.lua", "random", False, "adjust"
+    )
+
+
+def s2(connections: int) -> Scenario:
+    return Scenario(
+        "S2",
+        "adjust + history, random of 1,000",
+        connections,
+        "adjust.lua",
+        "random",
+        True,
+        "adjust_history",
+    )
+
+
+S3 = Scenario("S3", "adjust, one hot customer", MANY, "adjust.lua", "hot", False, "adjust_hot")
+S4 = Scenario("S4", "GET balance, random of 1,000", MANY, "balance.lua", "random", False, "balance")
+# S5: the same work on a fresh database and on one with 5,000,000 prior adjustments.
+S5_SCENARIOS = (
+    Scenario("S5", "adjust, the big customer", 1, "adjust.lua", "big", False, "adjust"),
+    Scenario(
+        "S5", "adjust + history, the big customer", 1, "adjust.lua", "big", True, "adjust_history"
+    ),
+    Scenario("S5", "adjust, random of 1,000", MANY, "adjust.lua", "random", False, "adjust"),
+    Scenario(
+        "S5",
+        "adjust + history, random of 1,000",
+        MANY,
+        "adjust.lua",
+        "random",
+        True,
+        "adjust_history",
+    ),
+)
+WARMUP = Scenario(
+    "warm-up",
+    "adjust, random of 1,000",
+    WARMUP_CONNECTIONS,
+    "adjust.lua",
+    "random",
+    False,
+    "adjust",
+)
+
+
+def main_scenarios(quick: bool) -> list[Scenario]:
+    if quick:
+        return [s1(MANY), S3, S4]
+    return [*(s1(c) for c in CONNECTION_COUNTS), *(s2(c) for c in CONNECTION_COUNTS), S3, S4]
+
+
+@dataclass(frozen=True)
+class RawSpec:
+    work: str  # adjust, adjust_history, adjust_hot, balance
+    clients: int
+
+    @property
+    def customers(self) -> int:
+        return 1 if self.work == "adjust_hot" else CUSTOMER_COUNT
+
+
+def raw_specs(kind: str, quick: bool) -> list[RawSpec]:
+    if kind == "sqlite":  # one writer at a time: one loop is the most the file can do
+        works = ["adjust", "adjust_hot"]
+        if not quick:
+            works = ["adjust", "adjust_history", "adjust_hot", "balance"]
+        return [RawSpec(work, 1) for work in works]
+    if quick:
+        return [RawSpec("adjust", MANY), RawSpec("adjust_hot", MANY)]
+    return [
+        *(RawSpec("adjust", c) for c in CONNECTION_COUNTS),
+        *(RawSpec("adjust_history", c) for c in CONNECTION_COUNTS),
+        RawSpec("adjust_hot", 1),  # one row's serial limit, for reference
+        RawSpec("adjust_hot", MANY),
+        RawSpec("balance", MANY),
+    ]
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class Measurement:
+    phase: str  # main, s5-fresh, s5-loaded, warm-up
+    scenario: str
+    title: str
+    connections: int
+    seconds: float
+    requests: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    non2xx: int
+    socket_errors: int
+    raw_work: str
+    raw_rps: float | None = None
+    ratio: float | None = None
+    worker_peak_mb: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RawResult:
+    tool: str
+    work: str
+    clients: int
+    customers: int
+    seconds: float
+    transactions: int
+    failed: int
+    tps: float
+    p50_ms: float
+    p99_ms: float
+
+
+@dataclass
+class DatabaseRun:
+    database: str
+    mode: str
+    duration_s: int
+    started_at: str
+    workers: int
+    measurements: list[Measurement] = field(default_factory=list)
+    warmups: list[Measurement] = field(default_factory=list)
+    raw_limits: list[RawResult] = field(default_factory=list)
+    verify: list[dict[str, Any]] = field(default_factory=list)
+    ledger_counts: list[dict[str, Any]] = field(default_factory=list)
+    phases_s: dict[str, float] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    targets: list[dict[str, Any]] = field(default_factory=list)
+    s5: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    # CPU used by other processes while the harness itself was idle: noise in the numbers.
+    background_cpu_percent: dict[str, float] = field(default_factory=dict)
+
+    def sample_background(self, moment: str) -> None:
+        busy = background_cpu_percent()
+        self.background_cpu_percent[moment] = busy
+        if busy > BACKGROUND_CPU_WARN_PERCENT:
+            say(f"{self.database}: warning: the machine was {busy:.0f}% busy before {moment}")
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.phases_s[name] = round(
+                self.phases_s.get(name, 0.0) + time.monotonic() - started, 1
+            )
+
+
+# --------------------------------------------------------------------------- tools
+
+
+def ensure_tools(need_postgresql: bool) -> None:
+    """Installs wrk (and pgbench / psql) from Debian's packages when they are missing."""
+    packages = []
+    if shutil.which("wrk") is None:
+        packages.append("wrk")
+    if need_postgresql and not all(shutil.which(t) for t in ("pgbench", "psql", "pg_isready")):
+        packages.append("postgresql-client")
+    if not packages:
+        return
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    if sudo and shutil.which("sudo") is None:
+        raise RuntimeError(f"missing {', '.join(packages)}: install them with apt-get")
+    say(f"installing {', '.join(packages)} with apt-get ...")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", *packages], check=True, env=env)
+
+
+def loyalty_command() -> str:
+    beside = Path(sys.executable).parent / "loyalty"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("loyalty")
+    if found is None:
+        raise RuntimeError("the `loyalty` command is not installed (run `make bench`)")
+    return found
+
+
+def first_line(args: list[str]) -> str:
+    done = subprocess.run(args, capture_output=True, text=True, check=False, timeout=30)
+    return (done.stdout or done.stderr).strip().splitlines()[0]
+
+
+def background_cpu_percent() -> float:
+    """How busy all cores are over one second (call it while the harness runs nothing)."""
+
+    def counters() -> tuple[int, int]:
+        values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        idle = values[3] + values[4]  # idle + iowait
+        return sum(values[:8]), idle
+
+    total_0, idle_0 = counters()
+    time.sleep(BACKGROUND_SAMPLE_S)
+    total_1, idle_1 = counters()
+    total = total_1 - total_0
+    return round(100.0 * (1 - (idle_1 - idle_0) / total), 1) if total > 0 else 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# --------------------------------------------------------------------------- databases
+
+
+class SqliteBackend:
+    kind = "sqlite"
+    raw_tool = "sqlite3 loop"
+
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir / "sqlite"
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def new_database(self, label: str) -> str:
+        path = self.dir / f"{label}.db"
+        self.drop(f"sqlite:///{path}")
+        return f"sqlite:///{path}"
+
+    @staticmethod
+    def _path(url: str) -> str:
+        return url.removeprefix("sqlite:///")
+
+    def drop(self, url: str) -> None:
+        path = self._path(url)
+        for suffix in ("", "-wal", "-shm", ".migrate-lock"):
+            with suppress(FileNotFoundError):
+                os.remove(path + suffix)
+
+    def drop_all(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def server_version(self) -> str:
+        return f"SQLite {sqlite3.sqlite_version}"
+
+    def count_adjustments(self, url: str) -> int:
+        conn = sqlite_connect(self._path(url))
+        try:
+            return int(conn.execute("SELECT count(*) FROM loyalty_adjustments").fetchone()[0])
+        finally:
+            conn.close()
+
+    def seed_customers(self, url: str) -> None:
+        """The raw limit's customers, balance rows at zero, written directly."""
+        conn = sqlite_connect(self._path(url))
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for index in range(CUSTOMER_COUNT):
+                cid = customer_id(index)
+                conn.execute(
+                    "INSERT INTO customers (id, email, email_key, created_at_ms, updated_at_ms)"
+                    " VALUES (?, ?, ?, 0, 0)",
+                    (cid, f"{cid}@example.com", f"{cid}@example.com"),
+                )
+                conn.execute(
+                    "INSERT INTO loyalty_balances (customer_id, balance_hundredths, last_seq)"
+                    " VALUES (?, 0, 0)",
+                    (cid,),
+                )
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    def raw(self, url: str, spec: RawSpec, duration_s: int, workdir: Path) -> RawResult:
+        work = "adjust" if spec.work == "adjust_hot" else spec.work
+        done = subprocess.run(
+            [
+                sys.executable,
+                str(BENCH_DIR / "sqlite_loop.py"),
+                "--db",
+                self._path(url),
+                "--work",
+                work,
+                "--customers",
+                str(spec.customers),
+                "--duration",
+                str(duration_s),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=duration_s + 120,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"sqlite_loop.py failed: {done.stderr.strip()[-2000:]}")
+        out = json.loads(done.stdout.strip().splitlines()[-1])
+        return RawResult(
+            self.raw_tool,
+            spec.work,
+            spec.clients,
+            spec.customers,
+            out["seconds"],
+            out["transactions"],
+            0,
+            out["tps"],
+            out["p50_ms"],
+            out["p99_ms"],
+        )
+
+    def bulk_load(self, url: str) -> None:
+        bulk_load.load_sqlite(self._path(url), lambda line: say(f"  {line}"))
+
+
+class PostgresBackend:
+    kind = "postgresql"
+    raw_tool = "pgbench"
+
+    def __init__(self, admin_url: str, run_id: str) -> None:
+        parts = urlsplit(admin_url)
+        if parts.hostname not in LOOPBACK_HOSTS:
+            raise RuntimeError(f"PostgreSQL must be on a loopback address, not {parts.hostname}")
+        self.admin_url = admin_url
+        self.run_id = run_id
+        self.names: list[str] = []
+
+    def _url(self, name: str) -> str:
+        parts = urlsplit(self.admin_url)
+        return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
+
+    def ensure_running(self) -> None:
+        """Starts the local cluster when it is down (as .ci/run does), then waits for it."""
+        parts = urlsplit(self.admin_url)
+        ready = ["pg_isready", "-q", "-h", parts.hostname or "127.0.0.1", "-p"]
+        ready.append(str(parts.port or 5432))
+        if subprocess.run(ready, check=False).returncode == 0:
+            return
+        clusters = Path("/etc/postgresql")
+        local_default = (parts.port or 5432) == 5432
+        if (
+            local_default
+            and shutil.which("pg_ctlcluster")
+            and clusters.is_dir()
+            and not os.geteuid()
+        ):
+            version = sorted(p.name for p in clusters.iterdir())[-1]
+            say(f"PostgreSQL is down: starting cluster {version}/main")
+            subprocess.run(
+                ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"],
+                check=False,
+            )
+            for _ in range(30):
+                if subprocess.run(ready, check=False).returncode == 0:
+                    return
+                time.sleep(1)
+        raise RuntimeError(f"PostgreSQL does not answer at {parts.hostname}:{parts.port}")
+
+    def new_database(self, label: str) -> str:
+        name = f"loyalty_bench_{self.run_id}_{label.replace('-', '_')}"
+        psql(self.admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE);')
+        psql(self.admin_url, f'CREATE DATABASE "{name}";')
+        self.names.append(name)
+        return self._url(name)
+
+    def drop(self, url: str) -> None:
+        name = urlsplit(url).path.lstrip("/")
+        psql(self.admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE);')
+        if name in self.names:
+            self.names.remove(name)
+
+    def drop_all(self) -> None:
+        for name in list(self.names):
+            try:
+                self.drop(self._url(name))
+            except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+                say(f"could not drop database {name}: {error}")
+
+    def server_version(self) -> str:
+        return psql(self.admin_url, "SHOW server_version;").strip()
+
+    def count_adjustments(self, url: str) -> int:
+        return int(psql(url, "SELECT count(*) FROM loyalty_adjustments;"))
+
+    def seed_customers(self, url: str) -> None:
+        psql(
+            url,
+            f"""
+INSERT INTO customers (id, email, email_key, created_at_ms, updated_at_ms)
+SELECT 'cus_bench_' || lpad(k::text, 4, '0'), 'cus_bench_' || lpad(k::text, 4, '0')
+       || '@example.com', 'cus_bench_' || lpad(k::text, 4, '0') || '@example.com', 0, 0
+  FROM generate_series(0, {CUSTOMER_COUNT - 1}) AS k;
+INSERT INTO loyalty_balances (customer_id, balance_hundredths, last_seq)
+SELECT id, 0, 0 FROM customers;
+VACUUM ANALYZE;
+""",
+        )
+
+    def raw(self, url: str, spec: RawSpec, duration_s: int, workdir: Path) -> RawResult:
+        script = {"adjust_hot": "adjust"}.get(spec.work, spec.work)
+        prefix = workdir / f"pgbench-{spec.work}-{spec.clients}"
+        args = [
+            "pgbench",
+            "--no-vacuum",
+            "--protocol=prepared",
+            f"--client={spec.clients}",
+            f"--jobs={PGBENCH_JOBS}",
+            f"--time={duration_s}",
+            f"--file={BENCH_DIR / 'pgbench' / (script + '.sql')}",
+            f"--define=customers={spec.customers}",
+            "--log",
+            f"--log-prefix={prefix}",
+            url,
+        ]
+        done = subprocess.run(
+            args, capture_output=True, text=True, check=False, timeout=duration_s + 120
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"pgbench failed ({done.returncode}): {done.stderr[-2000:]}")
+        tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", done.stdout)
+        if tps is None:
+            raise RuntimeError(f"pgbench printed no tps:\n{done.stdout[-2000:]}")
+        latencies_us: list[int] = []
+        failed = 0
+        for log in workdir.glob(f"{prefix.name}.*"):
+            for line in log.read_text().splitlines():
+                fields = line.split()
+                if len(fields) >= 3 and fields[2].isdigit():
+                    latencies_us.append(int(fields[2]))
+                elif fields:
+                    failed += 1
+            log.unlink()
+        latencies_us.sort()
+        return RawResult(
+            self.raw_tool,
+            spec.work,
+            spec.clients,
+            spec.customers,
+            float(duration_s),
+            len(latencies_us),
+            failed,
+            round(float(tps.group(1)), 1),
+            round(percentile(latencies_us, 0.50) / 1000, 3),
+            round(percentile(latencies_us, 0.99) / 1000, 3),
+        )
+
+    def bulk_load(self, url: str) -> None:
+        bulk_load.load_postgresql(url, lambda line: say(f"  {line}"))
+
+
+Backend = SqliteBackend | PostgresBackend
+
+
+def percentile(ordered: list[int], fraction: float) -> int:
+    if not ordered:
+        return 0
+    return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))]
+
+
+# --------------------------------------------------------------------------- the service
+
+
+class Service:
+    """`loyalty serve` in its production configuration, in a process group of its own."""
+
+    running: list[Service] = []  # noqa: RUF012  (stopped on any exit)
+
+    def __init__(self, database_url: str, workdir: Path, label: str, secret: str, password: str):
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALTY_")}
+        self.env.update(
+            LOYALTY_DATABASE_URL=database_url,
+            LOYALTY_ADMIN_EMAIL=ADMIN_EMAIL,
+            LOYALTY_ADMIN_PASSWORD=password,
+            LOYALTY_JWT_SECRET=secret,
+        )
+        self.log_path = workdir / f"serve-{label}.log"
+        self.password = password
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.port = free_port()
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    *(loyalty_command(), "serve", "--host", "127.0.0.1"),
+                    *("--port", str(self.port), "--workers", str(CORES)),
+                ],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        Service.running.append(self)
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"loyalty serve exited early:\n{self.log_tail()}")
+            with suppress(httpx.HTTPError):
+                healthy = httpx.get(f"{self.base_url}/health", timeout=2).status_code == 200
+                if healthy and len(self.workers()) == CORES:
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"loyalty serve did not become healthy:\n{self.log_tail()}")
+
+    def log_tail(self) -> str:
+        with suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-30:])
+        return ""
+
+    def workers(self) -> list[int]:
+        """The worker processes: children of `loyalty serve` started by multiprocessing."""
+        if self.process is None:
+            return []
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            if parent == self.process.pid and b"spawn_main" in cmdline:
+                found.append(int(entry.name))
+        return sorted(found)
+
+    def worker_peak_mb(self) -> dict[str, float]:
+        """Each worker's peak resident memory so far (VmHWM), in MB (10^6 bytes)."""
+        peaks = {}
+        for pid in self.workers():
+            with suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peaks[str(pid)] = round(int(line.split()[1]) * 1024 / 1e6, 1)
+        return peaks
+
+    def login(self) -> str:
+        response = httpx.post(
+            f"{self.base_url}/admin/auth/token",
+            json={"email": ADMIN_EMAIL, "password": self.password},
+            timeout=30,
+        )
+        response.raise_for_status()
+        token: str = response.json()["token"]
+        return token
+
+    def create_customers(self, token: str, ids: list[str]) -> None:
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=self.base_url, headers=headers, timeout=30) as client:
+
+            def create(cid: str) -> None:
+                response = client.post(
+                    "/admin/customers", json={"id": cid, "email": f"{cid}@example.com"}
+                )
+                if response.status_code != 200:
+                    raise RuntimeError(f"creating {cid}: {response.status_code} {response.text}")
+
+            with ThreadPoolExecutor(CUSTOMER_CREATORS) as pool:
+                list(pool.map(create, ids))
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        process, self.process = self.process, None
+        if process.poll() is None:
+            with suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                say("loyalty serve did not stop in time: killing its process group")
+        # The group is this server's own (start_new_session): its workers and helpers.
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+        if self in Service.running:
+            Service.running.remove(self)
+
+
+# --------------------------------------------------------------------------- wrk
+
+_WRK_LATENCY = re.compile(r"^\s*(50|99)%\s+([\d.]+)(us|ms|s|m|h)\s*$", re.M)
+_WRK_RPS = re.compile(r"^Requests/sec:\s+([\d.]+)", re.M)
+_WRK_NON2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
+_WRK_SOCKET = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+def parse_wrk(output: str) -> dict[str, Any]:
+    """Requests/sec and the p50 / p99 of `--latency`, and the BENCH_RESULT of the Lua script."""
+    marker = next((line for line in output.splitlines() if line.startswith("BENCH_RESULT ")), None)
+    rps = _WRK_RPS.search(output)
+    percentiles = {
+        m.group(1): float(m.group(2)) * _UNIT_MS[m.group(3)] for m in _WRK_LATENCY.finditer(output)
+    }
+    if marker is None or rps is None or set(percentiles) != {"50", "99"}:
+        raise RuntimeError(f"could not read wrk's output:\n{output[-3000:]}")
+    lua = json.loads(marker.removeprefix("BENCH_RESULT "))
+    socket_errors = _WRK_SOCKET.search(output)
+    wrk_non2xx = _WRK_NON2XX.search(output)
+    return {
+        "rps": float(rps.group(1)),
+        "p50_ms": percentiles["50"],
+        "p99_ms": percentiles["99"],
+        "requests": lua["requests"],
+        "seconds": lua["duration_us"] / 1e6,
+        # wrk's own count misses 1xx and 3xx; the script counts every status outside 2xx.
+        "non2xx": max(lua["non2xx"], int(wrk_non2xx.group(1)) if wrk_non2xx else 0),
+        "socket_errors": sum(int(g) for g in socket_errors.groups()) if socket_errors else 0,
+    }
+
+
+def run_wrk(
+    service: Service, scenario: Scenario, files: dict[str, Path], duration_s: int, phase: str
+) -> Measurement:
+    args = [
+        "wrk",
+        f"--threads={min(WRK_THREADS, scenario.connections)}",
+        f"--connections={scenario.connections}",
+        f"--duration={duration_s}s",
+        f"--timeout={WRK_TIMEOUT_S}s",
+        "--latency",
+        f"--script={BENCH_DIR / scenario.script}",
+        service.base_url,
+        "--",
+        str(files["token"]),
+        str(files[scenario.customers]),
+    ]
+    if scenario.history:
+        args.append("history")
+    done = subprocess.run(
+        args, capture_output=True, text=True, check=False, timeout=duration_s + 120
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr[-2000:]}")
+    result = parse_wrk(done.stdout)
+    return Measurement(
+        phase=phase,
+        scenario=scenario.name,
+        title=scenario.title,
+        connections=scenario.connections,
+        seconds=round(result["seconds"], 2),
+        requests=result["requests"],
+        rps=round(result["rps"], 1),
+        p50_ms=round(result["p50_ms"], 3),
+        p99_ms=round(result["p99_ms"], 3),
+        non2xx=result["non2xx"],
+        socket_errors=result["socket_errors"],
+        raw_work=scenario.raw_work,
+        worker_peak_mb=service.worker_peak_mb(),
+    )
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class Run:
+    def __init__(self, args: argparse.Namespace, backend: Backend, workdir: Path, stamp: str):
+        self.args = args
+        self.backend = backend
+        self.workdir = workdir
+        self.secret = secrets.token_hex(32)
+        self.password = secrets.token_urlsafe(18)
+        self.result = DatabaseRun(
+            database=backend.kind,
+            mode="quick" if args.quick else "full",
+            duration_s=args.duration,
+            started_at=stamp,
+            workers=CORES,
+        )
+        self.files = self._write_id_files()
+
+    def _write_id_files(self) -> dict[str, Path]:
+        files = {
+            "random": self.workdir / "ids-random.txt",
+            "hot": self.workdir / "ids-hot.txt",
+            "big": self.workdir / "ids-big.txt",
+            "token": self.workdir / f"token-{self.backend.kind}.txt",
+        }
+        files["random"].write_text("".join(f"{customer_id(i)}\n" for i in range(CUSTOMER_COUNT)))
+        files["hot"].write_text(f"{HOT_CUSTOMER}\n")
+        files["big"].write_text(f"{BIG_CUSTOMER}\n")
+        return files
+
+    @property
+    def warmup_s(self) -> int:
+        return min(QUICK_WARMUP_S if self.args.quick else WARMUP_S, self.args.duration)
+
+    def loyalty(
+        self, url: str, *command: str, timeout: float = 600
+    ) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALTY_")}
+        env.update(LOYALTY_DATABASE_URL=url, LOYALTY_JWT_SECRET=self.secret)
+        return subprocess.run(
+            [loyalty_command(), *command],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=timeout,
+        )
+
+    def verify(self, url: str, phase: str) -> bool:
+        """`loyalty verify` must exit 0. Exit 2 ("the database is unavailable") is not a
+        broken invariant: on PostgreSQL it is what a check query that outlasts the service's
+        statement timeout looks like (5,000,000 rows on a busy machine), so it is retried;
+        every attempt is recorded."""
+        done = None
+        lines: list[str] = []
+        for attempt in range(1, VERIFY_ATTEMPTS + 1):
+            say(f"{self.backend.kind}: loyalty verify ({phase}), attempt {attempt} ...")
+            started = time.monotonic()
+            done = self.loyalty(url, "verify", timeout=VERIFY_TIMEOUT_S)
+            elapsed = round(time.monotonic() - started, 1)
+            lines = (done.stdout + done.stderr).strip().splitlines()
+            self.result.verify.append(
+                {
+                    "phase": phase,
+                    "attempt": attempt,
+                    "ok": done.returncode == 0,
+                    "exit_code": done.returncode,
+                    "seconds": elapsed,
+                    "summary": lines[-1] if lines else "",
+                }
+            )
+            say(
+                f"{self.backend.kind}: loyalty verify ({phase}): exit {done.returncode},"
+                f" {elapsed}s — {lines[-1] if lines else ''}"
+            )
+            if done.returncode != VERIFY_UNAVAILABLE_EXIT:
+                break
+        if done is not None and done.returncode == 0:
+            return True
+        (self.workdir / f"verify-{phase}.txt").write_text("\n".join(lines))
+        self.result.errors.append(f"loyalty verify failed after {phase}:\n" + "\n".join(lines))
+        return False
+
+    # ---- raw limit
+
+    def raw_limits(self) -> None:
+        kind = self.backend.kind
+        self.result.sample_background("raw limit")
+        with self.result.phase("raw limit"):
+            url = self.backend.new_database("raw")
+            migrated = self.loyalty(url, "db", "migrate")
+            if migrated.returncode != 0:
+                raise RuntimeError(f"loyalty db migrate failed: {migrated.stderr[-2000:]}")
+            self.backend.seed_customers(url)
+            say(f"{kind}: raw limit warm-up ({self.warmup_s}s)")
+            self.backend.raw(url, RawSpec("adjust", 1), self.warmup_s, self.workdir)
+            for spec in raw_specs(kind, self.args.quick):
+                raw = self.backend.raw(url, spec, self.args.duration, self.workdir)
+                self.result.raw_limits.append(raw)
+                say(
+                    f"{kind}: raw {raw.tool} {spec.work} clients={spec.clients}:"
+                    f" {raw.tps:,.0f} tx/s, p50 {raw.p50_ms:.2f} ms, p99 {raw.p99_ms:.2f} ms"
+                )
+            self.backend.drop(url)
+
+    # ---- service phases
+
+    def service_phase(
+        self,
+        phase: str,
+        scenarios: list[Scenario],
+        extra_customers: list[str],
+        preload: Callable[[str], None] | None = None,
+    ) -> None:
+        kind = self.backend.kind
+        url = self.backend.new_database(phase)
+        service = Service(url, self.workdir, f"{kind}-{phase}", self.secret, self.password)
+        answered = 0  # 2xx answers to adjustments, counted by wrk
+        in_flight_max = 0  # requests that may have been served after wrk stopped counting
+        try:
+            with self.result.phase(f"{phase}: start and create customers"):
+                service.start()
+                token = service.login()
+                ids = [customer_id(i) for i in range(CUSTOMER_COUNT)] + extra_customers
+                service.create_customers(token, ids)
+                say(f"{kind} {phase}: service up on {service.base_url}, {len(ids)} customers")
+            preloaded = 0
+            if preload is not None:
+                service.stop()
+                with self.result.phase(f"{phase}: bulk load"):
+                    say(f"{kind} {phase}: bulk-loading {bulk_load.TOTAL_ADJUSTMENTS:,} adjustments")
+                    preload(url)
+                    preloaded = bulk_load.TOTAL_ADJUSTMENTS
+                with self.result.phase(f"{phase}: verify after load"):
+                    if not self.verify(url, f"{phase} after bulk load"):
+                        raise RuntimeError("the bulk-loaded database does not pass loyalty verify")
+                with self.result.phase(f"{phase}: start and create customers"):
+                    service.start()
+                    token = service.login()
+            self.files["token"].write_text(token + "\n")
+            self.result.sample_background(phase)
+            with self.result.phase(f"{phase}: scenarios"):
+                warm = run_wrk(service, WARMUP, self.files, self.warmup_s, phase)
+                self.result.warmups.append(warm)
+                answered += warm.requests - warm.non2xx
+                in_flight_max += warm.connections
+                for scenario in scenarios:
+                    m = run_wrk(service, scenario, self.files, self.args.duration, phase)
+                    self.result.measurements.append(m)
+                    if scenario.script == "adjust.lua":
+                        answered += m.requests - m.non2xx
+                        in_flight_max += m.connections
+                    say(
+                        f"{kind} {phase}: {m.scenario} {m.title}, c={m.connections}:"
+                        f" {m.rps:,.0f} req/s, p50 {m.p50_ms:.2f} ms, p99 {m.p99_ms:.2f} ms,"
+                        f" non-2xx {m.non2xx}, socket errors {m.socket_errors},"
+                        f" workers {m.worker_peak_mb} MB"
+                    )
+        except Exception as error:
+            tail = service.log_tail()
+            raise RuntimeError(
+                f"{phase}: {type(error).__name__}: {error}\n--- end of the service's log:\n{tail}"
+            ) from error
+        finally:
+            service.stop()
+        with self.result.phase(f"{phase}: verify"):
+            self.verify(url, phase)
+            recorded = self.backend.count_adjustments(url) - preloaded
+        # Every 2xx must be recorded; at most the requests in flight when wrk stopped may be
+        # recorded without wrk having counted their answer.
+        counts_ok = answered <= recorded <= answered + in_flight_max
+        self.result.ledger_counts.append(
+            {
+                "phase": phase,
+                "answered_2xx": answered,
+                "recorded": recorded,
+                "in_flight_max": in_flight_max,
+                "ok": counts_ok,
+            }
+        )
+        if not counts_ok:
+            self.result.errors.append(
+                f"{phase}: {recorded} adjustments recorded for {answered} 2xx answers"
+                f" (at most {in_flight_max} more may have been in flight)"
+            )
+        if not self.args.keep:
+            self.backend.drop(url)
+
+    def run(self) -> None:
+        kind = self.backend.kind
+        if isinstance(self.backend, PostgresBackend):
+            self.backend.ensure_running()
+        self.result.versions = {
+            "database": self.backend.server_version(),
+            "wrk": first_line(["wrk", "--version"]).split(" [")[0].removeprefix("wrk "),
+            "python": platform.python_version(),
+            "sqlite3 module": sqlite3.sqlite_version,
+        }
+        if kind == "postgresql":
+            self.result.versions["pgbench"] = first_line(["pgbench", "--version"])
+        self.raw_limits()
+        self.service_phase("main", main_scenarios(self.args.quick), [HOT_CUSTOMER])
+        if self.args.quick or self.args.skip_s5:
+            return
+        self.service_phase("s5-fresh", list(S5_SCENARIOS), [BIG_CUSTOMER])
+        self.service_phase(
+            "s5-loaded", list(S5_SCENARIOS), [BIG_CUSTOMER], preload=self.backend.bulk_load
+        )
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+def analyse(result: DatabaseRun) -> None:
+    """Fills in the ratios to the raw limit, the S5 comparison and the targets' verdicts."""
+    raw = {(r.work, r.clients): r for r in result.raw_limits}
+    for m in result.measurements:
+        clients = 1 if result.database == "sqlite" else m.connections
+        match = raw.get((m.raw_work, clients))
+        if match is not None and match.tps > 0:
+            m.raw_rps = match.tps
+            m.ratio = round(m.rps / match.tps, 3)
+
+    def find(
+        phase: str, scenario: str, connections: int, title: str | None = None
+    ) -> Measurement | None:
+        for m in result.measurements:
+            if (m.phase, m.scenario, m.connections) == (phase, scenario, connections) and (
+                title is None or m.title == title
+            ):
+                return m
+        return None
+
+    targets: list[dict[str, Any]] = []
+
+    def target(name: str, measured: str, verdict: bool | None) -> None:
+        targets.append(
+            {
+                "target": name,
+                "measured": measured,
+                "verdict": "not measured" if verdict is None else ("PASS" if verdict else "FAIL"),
+            }
+        )
+
+    tool = "pgbench" if result.database == "postgresql" else "the in-process loop"
+    s1_many = find("main", "S1", MANY)
+    target(
+        f"S1 at {MANY} connections ≥ {RATIO_MIN}x {tool}",
+        f"{s1_many.ratio}x" if s1_many and s1_many.ratio is not None else "—",
+        None if s1_many is None or s1_many.ratio is None else s1_many.ratio >= RATIO_MIN,
+    )
+    if result.database == "postgresql":
+        s3 = find("main", "S3", MANY)
+        target(
+            f"S3 ≥ {RATIO_MIN}x pgbench with all {MANY} clients on one row",
+            f"{s3.ratio}x" if s3 and s3.ratio is not None else "—",
+            None if s3 is None or s3.ratio is None else s3.ratio >= RATIO_MIN,
+        )
+    many = [m for m in result.measurements if m.connections == MANY]
+    if many:
+        spreads = [(m, m.p99_ms / m.p50_ms if m.p50_ms else float("inf")) for m in many]
+        target(
+            f"p99 ≤ {P99_OVER_P50_MAX:g}x p50 at {MANY} connections",
+            ", ".join(f"{label(m)} {s:.1f}x" for m, s in spreads),
+            all(s <= P99_OVER_P50_MAX for _, s in spreads),
+        )
+    else:
+        target(f"p99 ≤ {P99_OVER_P50_MAX:g}x p50 at {MANY} connections", "—", None)
+    everything = result.measurements + result.warmups
+    bad = sum(m.non2xx for m in everything)
+    socket_errors = sum(m.socket_errors for m in everything)
+    target(
+        "no non-2xx (nor socket error)",
+        f"{bad} non-2xx, {socket_errors} socket errors in {sum(m.requests for m in everything):,}"
+        " requests",
+        bad == 0 and socket_errors == 0 and bool(everything),
+    )
+    result.s5 = []
+    for scenario in S5_SCENARIOS:
+        fresh = find("s5-fresh", "S5", scenario.connections, scenario.title)
+        loaded = find("s5-loaded", "S5", scenario.connections, scenario.title)
+        if fresh is None or loaded is None:
+            continue
+        ratio = round(loaded.p50_ms / fresh.p50_ms, 3) if fresh.p50_ms else None
+        prior = "1,000,000" if scenario.customers == "big" else "4,000"
+        result.s5.append(
+            {
+                "title": scenario.title,
+                "connections": scenario.connections,
+                "prior_adjustments": prior,
+                "fresh_rps": fresh.rps,
+                "fresh_p50_ms": fresh.p50_ms,
+                "loaded_rps": loaded.rps,
+                "loaded_p50_ms": loaded.p50_ms,
+                "p50_ratio": ratio,
+                "target": scenario.customers == "big",
+            }
+        )
+    judged = [row for row in result.s5 if row["target"]]
+    target(
+        f"S5 p50 with 1,000,000 prior adjustments ≤ {S5_P50_RATIO_MAX}x fresh",
+        ", ".join(f"{row['title']} {row['p50_ratio']}x" for row in judged) or "—",
+        None
+        if not judged
+        else all(r["p50_ratio"] is not None and r["p50_ratio"] <= S5_P50_RATIO_MAX for r in judged),
+    )
+    peaks = [mb for m in everything for mb in m.worker_peak_mb.values()]
+    target(
+        f"peak memory per worker ≤ {WORKER_PEAK_MB_MAX:g} MB",
+        f"max {max(peaks):.1f} MB over {len(peaks)} samples" if peaks else "—",
+        None if not peaks else max(peaks) <= WORKER_PEAK_MB_MAX,
+    )
+    result.targets = targets
+
+
+def label(m: Measurement) -> str:
+    phase = {"main": "", "s5-fresh": " fresh", "s5-loaded": " 5M"}.get(m.phase, f" {m.phase}")
+    return f"{m.scenario}{phase}"
+
+
+def worker_peaks(result: DatabaseRun) -> dict[str, dict[str, float]]:
+    """phase → worker pid → the highest VmHWM seen."""
+    peaks: dict[str, dict[str, float]] = {}
+    for m in result.measurements + result.warmups:
+        phase = peaks.setdefault(m.phase, {})
+        for pid, mb in m.worker_peak_mb.items():
+            phase[pid] = max(phase.get(pid, 0.0), mb)
+    return peaks
+
+
+# --------------------------------------------------------------------------- output
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def render_markdown(result: DatabaseRun) -> str:
+    tool = "pgbench" if result.database == "postgresql" else "sqlite3 loop"
+    where = "database server" if result.database == "postgresql" else "disk and pragmas"
+    lines = [
+        f"## {result.database}: {result.mode} run, {result.started_at}",
+        "",
+        f"`loyalty serve --workers {result.workers}` on {CORES} cores; {result.duration_s} s per"
+        f" scenario; wrk with {WRK_THREADS} thread. Versions: "
+        + "; ".join(f"{k} {v}" for k, v in result.versions.items()),
+        "",
+        "| scenario | connections | req/s | p50 ms | p99 ms | non-2xx | raw limit req/s | ratio |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for m in result.measurements:
+        errors = str(m.non2xx) + (f" (+{m.socket_errors} socket)" if m.socket_errors else "")
+        lines.append(
+            f"| {label(m)} {m.title} | {m.connections} | {fmt(m.rps, 0)} | {fmt(m.p50_ms)} |"
+            f" {fmt(m.p99_ms)} | {errors} | {fmt(m.raw_rps, 0)} | {fmt(m.ratio)} |"
+        )
+    lines += [
+        "",
+        f"Raw limit ({tool}, same run, same {where}):",
+        "",
+        "| work | clients | customers | tx/s | p50 ms | p99 ms | failed |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in result.raw_limits:
+        lines.append(
+            f"| {r.work} | {r.clients} | {r.customers:,} | {fmt(r.tps, 0)} | {fmt(r.p50_ms)} |"
+            f" {fmt(r.p99_ms)} | {r.failed} |"
+        )
+    if result.s5:
+        lines += [
+            "",
+            "S5, ledger size: the same work on a fresh database and on one of 5,000,000"
+            " adjustments:",
+            "",
+            "| work | connections | prior adjustments each | fresh req/s | fresh p50 ms"
+            " | loaded req/s | loaded p50 ms | p50 ratio |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for row in result.s5:
+            lines.append(
+                f"| {row['title']} | {row['connections']} | {row['prior_adjustments']} |"
+                f" {fmt(row['fresh_rps'], 0)} | {fmt(row['fresh_p50_ms'])} |"
+                f" {fmt(row['loaded_rps'], 0)} | {fmt(row['loaded_p50_ms'])} |"
+                f" {fmt(row['p50_ratio'])} |"
+            )
+    lines += ["", "| target | measured | verdict |", "| --- | --- | --- |"]
+    lines += [f"| {t['target']} | {t['measured']} | **{t['verdict']}** |" for t in result.targets]
+    peaks = worker_peaks(result)
+    verifies = [
+        f"`loyalty verify` {v['phase']}"
+        + (f" (attempt {v['attempt']})" if v["attempt"] > 1 else "")
+        + f": {'ok' if v['ok'] else 'exit ' + str(v['exit_code'])} ({v['seconds']} s)"
+        for v in result.verify
+    ]
+    counts = [
+        f"{c['phase']}: {c['recorded']:,} adjustments recorded for {c['answered_2xx']:,} 2xx"
+        f" answers (at most {c['in_flight_max']} more in flight) {'ok' if c['ok'] else 'FAILED'}"
+        for c in result.ledger_counts
+    ]
+    notes = {
+        "Peak memory per worker (VmHWM, MB)": "; ".join(
+            f"{phase}: " + ", ".join(f"pid {pid} {mb:.1f}" for pid, mb in sorted(pids.items()))
+            for phase, pids in peaks.items()
+        ),
+        "Checks": "; ".join(verifies + counts),
+        "Background CPU use before each phase (1 s, harness idle; other processes' load"
+        " skews every number)": ", ".join(
+            f"{k} {v:.0f}%" for k, v in result.background_cpu_percent.items()
+        ),
+        "Phases": ", ".join(f"{name} {seconds:.0f} s" for name, seconds in result.phases_s.items()),
+    }
+    lines.append("")
+    lines += [f"- {name}: {text}" for name, text in notes.items() if text]
+    if result.errors:
+        lines += ["", "**Errors:**", "", *(f"- {e.splitlines()[0]}" for e in result.errors)]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(result: DatabaseRun, stamp: str) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    base = RESULTS_DIR / f"{stamp}-{result.database}"
+    payload = asdict(result)
+    payload["worker_peak_mb"] = worker_peaks(result)
+    base.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    base.with_suffix(".md").write_text(render_markdown(result))
+    return base
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Benchmark the Loyalty Points API.")
+    parser.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
+    parser.add_argument("--duration", type=int, help="seconds per scenario (default 20; quick 8)")
+    parser.add_argument(
+        "--quick", action="store_true", help="S1 at 64, S3, S4, the raw limits of S1 and S3; no S5"
+    )
+    parser.add_argument("--skip-s5", action="store_true", help="leave out S5 (the bulk load)")
+    parser.add_argument(
+        "--pg-url",
+        default=os.environ.get("LOYALTY_BENCH_PG_URL", DEFAULT_PG_URL),
+        help="maintenance database on a loopback address (default %(default)s)",
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help="exit 1 when a target is missed as well"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the SQLite files of the run (not PostgreSQL's)"
+    )
+    args = parser.parse_args(argv)
+    if args.duration is None:
+        args.duration = QUICK_DURATION_S if args.quick else FULL_DURATION_S
+    if args.duration < 1:
+        parser.error("--duration must be at least 1 second")
+    if urlsplit(args.pg_url).hostname not in LOOPBACK_HOSTS:
+        parser.error("--pg-url must name a loopback address (127.0.0.1, localhost, ::1)")
+    return args
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    kinds = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    ensure_tools("postgresql" in kinds)
+    workdir = Path(tempfile.mkdtemp(prefix="loyalty-bench-"))
+    say(f"bench: {', '.join(kinds)}; {args.duration} s per scenario; work files in {workdir}")
+    failed = False
+    missed = False
+    rendered = []
+    try:
+        for kind in kinds:
+            backend: Backend
+            if kind == "sqlite":
+                backend = SqliteBackend(workdir)
+            else:
+                backend = PostgresBackend(args.pg_url, stamp.lower())
+            run = Run(args, backend, workdir, stamp)
+            try:
+                run.run()
+            except Exception as error:  # record it, still write what was measured
+                run.result.errors.append(f"{type(error).__name__}: {error}")
+                say(f"{kind}: FAILED: {type(error).__name__}: {error}")
+                print(traceback.format_exc(), flush=True)
+            finally:
+                for service in list(Service.running):
+                    service.stop()
+                if kind == "postgresql" or not args.keep:
+                    backend.drop_all()
+            analyse(run.result)
+            base = write_results(run.result, stamp)
+            rendered.append(render_markdown(run.result))
+            say(f"{kind}: results in {base}.md and {base}.json")
+            if run.result.errors or any(
+                t["verdict"] == "FAIL" and t["target"].startswith("no non-2xx")
+                for t in run.result.targets
+            ):
+                failed = True
+            if any(t["verdict"] == "FAIL" for t in run.result.targets):
+                missed = True
+    except (KeyboardInterrupt, SystemExit):
+        say("bench: interrupted: stopping the server and dropping the scratch databases")
+        raise
+    finally:
+        for service in list(Service.running):
+            service.stop()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print()
+    print("\n".join(rendered))
+    if failed:
+        print("bench: FAILED (see the errors and checks above)")
+        return 1
+    if missed and args.strict:
+        print("bench: a target was missed (--strict)")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
