@@ -22,6 +22,9 @@ from loyalty.ledger.verify import verify
 
 T = TypeVar("T")
 
+# A whole-ledger check reads every adjustment: minutes for tens of millions of rows.
+VERIFY_TIMEOUT_S = 3600.0
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loyalty", description="Loyalty Points API service")
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
             _user_delete(settings, args.email)
         elif args.command == "verify":
             migrate.upgrade(settings.database_url)
-            ok = _with_db(settings, lambda db: verify(db, print))
+            ok = _with_db(settings, lambda db: verify(db, print), VERIFY_TIMEOUT_S)
             sys.exit(0 if ok else 1)
     except (ConfigError, ValueError) as error:
         _fail(str(error))
@@ -99,9 +102,13 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-def _with_db(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
+def _with_db(
+    settings: Settings,
+    work: Callable[[Database], Awaitable[T]],
+    command_timeout_s: float | None = None,
+) -> T:
     async def run() -> T:
-        db = await open_database(settings.database_url, pool_size=2)
+        db = await open_database(settings.database_url, 2, command_timeout_s)
         try:
             return await work(db)
         finally:

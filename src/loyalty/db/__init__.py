@@ -47,7 +47,11 @@ class Database(Protocol):
     async def close(self) -> None: ...
 
 
-async def open_database(url: str, pool_size: int = 16) -> Database:
+async def open_database(
+    url: str, pool_size: int = 16, command_timeout_s: float | None = None
+) -> Database:
+    """The database at `url`. `command_timeout_s` bounds each PostgreSQL statement (default
+    15 s, for requests); a whole-ledger check such as `loyalty verify` needs longer."""
     if url.startswith("sqlite:///"):
         from loyalty.db.sqlite import SqliteDatabase
 
@@ -55,7 +59,9 @@ async def open_database(url: str, pool_size: int = 16) -> Database:
     if url.startswith(("postgresql://", "postgres://")):
         from loyalty.db.postgres import PostgresDatabase
 
-        return await PostgresDatabase.open(url, pool_size)
+        if command_timeout_s is None:
+            return await PostgresDatabase.open(url, pool_size)
+        return await PostgresDatabase.open(url, pool_size, command_timeout_s)
     raise ValueError("LOYALTY_DATABASE_URL must start with sqlite:/// or postgresql://")
 
 

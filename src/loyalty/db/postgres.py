@@ -57,13 +57,15 @@ class PostgresDatabase:
         self._pool = pool
 
     @classmethod
-    async def open(cls, url: str, pool_size: int) -> PostgresDatabase:
+    async def open(
+        cls, url: str, pool_size: int, command_timeout_s: float = COMMAND_TIMEOUT_S
+    ) -> PostgresDatabase:
         try:
             pool = await asyncpg.create_pool(
                 url,
                 min_size=1,
                 max_size=pool_size,
-                command_timeout=COMMAND_TIMEOUT_S,
+                command_timeout=command_timeout_s,
                 timeout=CONNECT_TIMEOUT_S,
             )
         except _UNAVAILABLE as error:

@@ -42,6 +42,11 @@ async def insert_adjustments(conn: Connection, rows: list[tuple[object, ...]]) -
     )
 
 
+async def adjustment_exists(conn: Connection, adjustment_id: str) -> bool:
+    found = await conn.fetchval("SELECT 1 FROM loyalty_adjustments WHERE id = $1", adjustment_id)
+    return found is not None
+
+
 async def find_balance(conn: Connection, customer_id: str) -> Row | None:
     return await conn.fetchrow(
         "SELECT balance_hundredths, last_seq, updated_at_ms FROM loyalty_balances"

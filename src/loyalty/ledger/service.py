@@ -9,6 +9,7 @@ scope, insufficient points or reused key never fails another.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,8 +20,10 @@ from loyalty.auth.scopes import LOYALTY_WRITE, parse_scopes
 from loyalty.db import Connection, Database, RetryableConflict, UniqueViolation
 from loyalty.errors import (
     Conflict,
+    DatabaseUnavailable,
     Forbidden,
     IdempotencyMismatch,
+    InvariantViolation,
     LoyaltyError,
     NotAllowed,
     NotFound,
@@ -39,6 +42,9 @@ from loyalty.timestamps import now_ms, render
 HISTORY_IN_ADJUST = 20
 # A batch that lost a race (a deadlock between workers, a key inserted meanwhile) is rerun.
 BATCH_ATTEMPTS_MAX = 3
+# When the connection fails during COMMIT, how long to keep asking whether it took effect.
+COMMIT_CHECK_ATTEMPTS = 6
+COMMIT_CHECK_PAUSE_S = 0.5
 KEY_IN_FLIGHT = "A request with this Idempotency-Key is still being processed"
 KEY_REUSED = "This Idempotency-Key was already used with a different request"
 
@@ -98,14 +104,33 @@ class Ledger:
 
     async def _run_batch(self, commands: list[AdjustCommand]) -> list[AdjustOutcome]:
         for attempt in range(1, BATCH_ATTEMPTS_MAX + 1):
+            outcomes: list[AdjustOutcome] | None = None
             try:
                 async with self._db.write() as conn:
                     batch = _Batch(conn, self._db.dialect, commands, self._allow_negative)
-                    return await batch.run()
+                    outcomes = await batch.run()
+                return outcomes
             except (RetryableConflict, UniqueViolation):
                 if attempt == BATCH_ATTEMPTS_MAX:
                     raise
-        raise AssertionError("unreachable")
+            except DatabaseUnavailable:
+                # Lost during COMMIT, the batch may or may not be durable: look before saying.
+                first_id = batch.first_adjustment_id() if outcomes is not None else None
+                if first_id is not None and await self._was_committed(first_id):
+                    return outcomes or []
+                raise
+        raise InvariantViolation("a batch ran out of attempts without an outcome")
+
+    async def _was_committed(self, adjustment_id: str) -> bool:
+        """Whether an adjustment is in the ledger, asked again for a few seconds while the
+        database is unreachable. A batch commits whole, so one id answers for all of it."""
+        for _ in range(COMMIT_CHECK_ATTEMPTS):
+            try:
+                async with self._db.read() as conn:
+                    return await repository.adjustment_exists(conn, adjustment_id)
+            except DatabaseUnavailable:
+                await asyncio.sleep(COMMIT_CHECK_PAUSE_S)
+        return False
 
 
 @dataclass(slots=True)
@@ -144,6 +169,12 @@ class _Batch:
         applied = await self._apply()
         await self._reply(applied)
         return [outcome for outcome in self.outcomes if outcome is not None]
+
+    def first_adjustment_id(self) -> str | None:
+        for outcome in self.outcomes:
+            if isinstance(outcome, AdjustReply) and outcome.adjustment_id is not None:
+                return outcome.adjustment_id
+        return None
 
     def _pending(self) -> list[int]:
         return [i for i, outcome in enumerate(self.outcomes) if outcome is None]
