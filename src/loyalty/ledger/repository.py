@@ -47,6 +47,16 @@ async def adjustment_exists(conn: Connection, adjustment_id: str) -> bool:
     return found is not None
 
 
+async def find_balances(conn: Connection, customer_ids: list[str]) -> dict[str, Row]:
+    """Rows of (customer_id, balance_hundredths, updated_at_ms) by customer id."""
+    rows = await conn.fetch(
+        "SELECT customer_id, balance_hundredths, updated_at_ms FROM loyalty_balances"
+        " WHERE customer_id = ANY($1)",
+        customer_ids,
+    )
+    return {row[0]: row for row in rows}
+
+
 async def find_balance(conn: Connection, customer_id: str) -> Row | None:
     return await conn.fetchrow(
         "SELECT balance_hundredths, last_seq, updated_at_ms FROM loyalty_balances"

@@ -29,7 +29,7 @@ from loyalty.idempotency.keys import (
 )
 from loyalty.ledger import service
 from loyalty.ledger.schemas import ADJUST_FIELDS, CUSTOMER_ID_MAX, parse_adjust_body
-from loyalty.ledger.service import AdjustCommand
+from loyalty.ledger.service import AdjustCommand, BalanceQuery
 
 _ADJUST_PARAMS = frozenset({"include_history"})
 _HISTORY_PARAMS = frozenset({"limit", "offset", "order", "created_at[gte]", "created_at[lte]"})
@@ -69,9 +69,10 @@ def routes(ctx: AppContext) -> list[Route]:
         return Response(reply.body, 200, headers, media_type="application/json")
 
     async def balance(request: Request) -> Response:
-        await ctx.principal(request, LOYALTY_READ)
+        principal = ctx.claimed_principal(request, LOYALTY_READ)
         query_params(request, frozenset())
-        return json_response(await service.get_balance(ctx.db, _path_customer_id(request)))
+        query = BalanceQuery(principal.user_id, _path_customer_id(request))
+        return Response(await ctx.ledger.balance(query), media_type="application/json")
 
     async def history(request: Request) -> Response:
         await ctx.principal(request, LOYALTY_READ)
