@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +189,30 @@ class Backend:
         )
         assert result.returncode == 0, result.stderr
         return login(self.server, email, ADMIN_PASSWORD)
+
+
+def decoded(response: httpx.Response) -> Any:
+    """A JSON body with every fractional number as an exact Decimal."""
+    return json.loads(response.text, parse_float=Decimal)
+
+
+async def full_history(
+    client: httpx.AsyncClient, customer_id: str, base_url: str = ""
+) -> list[Any]:
+    """The customer's whole history, oldest first, in pages of 100."""
+    items: list[Any] = []
+    for _ in range(10_000):
+        response = await client.get(
+            f"{base_url}/admin/loyalty/points/{customer_id}/history",
+            params={"order": "created_at", "limit": "100", "offset": str(len(items))},
+        )
+        assert response.status_code == 200, response.text
+        page = decoded(response)
+        items.extend(page["adjustments"])
+        if not page["adjustments"] or len(items) >= page["count"]:
+            assert len(items) == page["count"]
+            break
+    return items
 
 
 def new_customer(client: httpx.Client, **fields: Any) -> dict[str, Any]:

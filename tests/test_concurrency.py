@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from tests.support import ADMIN_EMAIL, ADMIN_PASSWORD, Server, login, run_cli
+from tests.support import ADMIN_EMAIL, ADMIN_PASSWORD, Server, decoded, login, run_cli
 
 if TYPE_CHECKING:
     from tests.conftest import DatabaseFactory
@@ -58,11 +58,6 @@ def cluster(
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-def decoded(response: httpx.Response) -> Any:
-    """The JSON body with every fractional number as an exact Decimal."""
-    return json.loads(response.text, parse_float=Decimal)
 
 
 def async_client(server: Server, token: str, connections: int = IN_FLIGHT) -> httpx.AsyncClient:

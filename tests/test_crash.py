@@ -18,12 +18,20 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 
-from tests.support import ADMIN_EMAIL, ADMIN_PASSWORD, Server, login, run_cli
+from tests.support import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    Server,
+    decoded,
+    full_history,
+    login,
+    run_cli,
+)
 
 if TYPE_CHECKING:
     from tests.conftest import DatabaseFactory
@@ -70,11 +78,6 @@ def site(databases: DatabaseFactory, tmp_path: Path) -> Site:
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-def decoded(response: httpx.Response) -> Any:
-    """The JSON body with every fractional number as an exact Decimal."""
-    return json.loads(response.text, parse_float=Decimal)
 
 
 def launch(site: Site) -> Server:
@@ -173,23 +176,6 @@ async def load_then(
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=REQUEST_TIMEOUT_S + 10)
     return began, took
-
-
-async def full_history(client: httpx.AsyncClient, customer_id: str) -> list[Any]:
-    """The customer's whole history, oldest first, in pages of 100."""
-    items: list[Any] = []
-    for _ in range(10_000):
-        response = await client.get(
-            f"/admin/loyalty/points/{customer_id}/history",
-            params={"order": "created_at", "limit": "100", "offset": str(len(items))},
-        )
-        assert response.status_code == 200, response.text
-        page = decoded(response)
-        items.extend(page["adjustments"])
-        if not page["adjustments"] or len(items) >= page["count"]:
-            assert len(items) == page["count"]
-            break
-    return items
 
 
 def check_after_restart(server: Server, token: str, customers: Sequence[str], tally: Tally) -> str:

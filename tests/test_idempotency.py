@@ -35,7 +35,9 @@ from tests.support import (
     ADMIN_PASSWORD,
     Backend,
     Server,
+    decoded,
     free_port,
+    full_history,
     login,
     new_customer,
     run_cli,
@@ -58,11 +60,6 @@ LOAD_TIMEOUT_S = 120.0
 
 def new_key(label: str = "k") -> str:
     return f"{label}-{uuid.uuid4().hex}"
-
-
-def decoded(response: httpx.Response) -> Any:
-    """The JSON body with every fractional number as an exact Decimal."""
-    return json.loads(response.text, parse_float=Decimal)
 
 
 def body_text(customer_id: str, delta: str = "1", reason: str | None = None) -> str:
@@ -152,23 +149,6 @@ async def async_post(
         )
     except httpx.TransportError as error:
         return error
-
-
-async def full_history(client: httpx.AsyncClient, base_url: str, customer_id: str) -> list[Any]:
-    """The customer's whole history, oldest first, in pages of 100."""
-    items: list[Any] = []
-    for _ in range(10_000):
-        response = await client.get(
-            f"{base_url}/admin/loyalty/points/{customer_id}/history",
-            params={"order": "created_at", "limit": "100", "offset": str(len(items))},
-        )
-        assert response.status_code == 200, response.text
-        page = decoded(response)
-        items.extend(page["adjustments"])
-        if not page["adjustments"] or len(items) >= page["count"]:
-            assert len(items) == page["count"]
-            break
-    return items
 
 
 def assert_each_key_once(history: Sequence[Any], keys: Sequence[str]) -> None:
@@ -587,7 +567,7 @@ def test_30_concurrent_requests_with_one_key_apply_once(cluster: Cluster) -> Non
     async def main() -> tuple[list[httpx.Response | httpx.TransportError], list[Any]]:
         async with async_client(cluster.token, 30) as client:
             responses = await send_keyed_jobs([(client, base, body, key)] * 30)
-            history = await full_history(client, base, customer_id)
+            history = await full_history(client, customer_id, base)
             return responses, history
 
     responses, history = asyncio.run(main())
@@ -626,7 +606,7 @@ def race_many_keys(
         async with async_client(token, 64) as client:
             jobs = [(client, base, body_text(customer_id, "1", key), key) for base, key in plan]
             responses = await send_keyed_jobs(jobs)
-            history = await full_history(client, bases[0], customer_id)
+            history = await full_history(client, customer_id, bases[0])
             return responses, history
 
     responses, history = asyncio.run(main())
@@ -880,7 +860,7 @@ def test_sigkill_while_clients_retry_applies_every_key_exactly_once(
             async with async_client(token, 8) as client:
                 for customer_id in customers:
                     keys = [key for key, cid in tally.keys.items() if cid == customer_id]
-                    history = await full_history(client, target.base_url, customer_id)
+                    history = await full_history(client, customer_id, target.base_url)
                     assert_each_key_once(history, keys)
                     by_reason = {item["reason"]: item for item in history}
                     for key in keys:
