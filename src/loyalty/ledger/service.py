@@ -80,7 +80,8 @@ def customer_not_found(customer_id: str) -> NotFound:
 
 
 class Ledger:
-    """The adjust path of one worker process: a group commit over the database."""
+    """The ledger's hot paths in one worker process, adjustments and balance reads, each
+    batched over the database (group_commit.py)."""
 
     def __init__(self, db: Database, allow_negative_balance: bool) -> None:
         self._db = db
