@@ -41,11 +41,6 @@ _adjustments = logging.getLogger(ADJUSTMENT_LOGGER)
 _request_id: ContextVar[str | None] = ContextVar("loyalty_request_id", default=None)
 
 
-def current_request_id() -> str | None:
-    """The id of the request being handled by the calling task, if any."""
-    return _request_id.get()
-
-
 def note_user(scope: Scope, user_id: str) -> None:
     """Records the authenticated user of a request for its access line."""
     scope[USER_SCOPE_KEY] = user_id
