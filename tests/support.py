@@ -191,6 +191,23 @@ class Backend:
         return login(self.server, email, ADMIN_PASSWORD)
 
 
+@dataclass
+class Cluster:
+    """A fresh database of one kind with a `loyalty serve --workers N` on it."""
+
+    kind: str
+    url: str
+    server: Server
+    token: str
+    workdir: Path
+
+    @classmethod
+    @contextmanager
+    def start(cls, kind: str, url: str, workdir: Path, workers: int) -> Iterator[Cluster]:
+        with Server.start(url, workdir, workers=workers) as server:
+            yield cls(kind, url, server, login(server, ADMIN_EMAIL, ADMIN_PASSWORD), workdir)
+
+
 def decoded(response: httpx.Response) -> Any:
     """A JSON body with every fractional number as an exact Decimal."""
     return json.loads(response.text, parse_float=Decimal)

@@ -14,15 +14,13 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
-from tests.support import ADMIN_EMAIL, ADMIN_PASSWORD, Server, decoded, login, run_cli
+from tests.support import ADMIN_EMAIL, ADMIN_PASSWORD, Cluster, Server, decoded, login, run_cli
 
 if TYPE_CHECKING:
     from tests.conftest import DatabaseFactory
@@ -35,26 +33,14 @@ REQUEST_TIMEOUT_S = 60.0
 LOAD_TIMEOUT_S = 120.0
 
 
-@dataclass
-class Cluster:
-    """A fresh database of one kind with a `loyalty serve --workers 2` on it."""
-
-    kind: str
-    url: str
-    server: Server
-    token: str
-    workdir: Path
-
-
 @pytest.fixture(scope="module")
 def cluster(
     databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
     url = databases.new_url()
     workdir = tmp_path_factory.mktemp(f"concurrency-{databases.kind}")
-    with Server.start(url, workdir, workers=WORKERS) as server:
-        token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
-        yield Cluster(databases.kind, url, server, token, workdir)
+    with Cluster.start(databases.kind, url, workdir, WORKERS) as cluster:
+        yield cluster
 
 
 # --- helpers -------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from tests.support import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
     Backend,
+    Cluster,
     Server,
     decoded,
     free_port,
@@ -508,25 +509,14 @@ def test_a_255_character_visible_ascii_key_is_accepted(
 # --- races ---------------------------------------------------------------------------------
 
 
-@dataclass
-class Cluster:
-    """A fresh database of one kind with a `loyalty serve --workers 2` on it; `loyalty verify`
-    checks it when the module is done with it."""
-
-    kind: str
-    url: str
-    server: Server
-    token: str
-
-
 @pytest.fixture(scope="module")
 def cluster(
     databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
     url = databases.new_url()
     workdir = tmp_path_factory.mktemp(f"idempotency-{databases.kind}")
-    with Server.start(url, workdir, workers=WORKERS) as server:
-        yield Cluster(databases.kind, url, server, login(server, ADMIN_EMAIL, ADMIN_PASSWORD))
+    with Cluster.start(databases.kind, url, workdir, WORKERS) as cluster:
+        yield cluster
     # Whatever the races did, every ledger invariant holds over the whole database.
     assert_verify(url)
 
