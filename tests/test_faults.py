@@ -22,6 +22,7 @@ nothing else, the balance is their sum, and `loyalty verify` exits 0.
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import itertools
 import json
@@ -41,6 +42,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -615,3 +617,42 @@ def test_sqlite_unwritable_then_writable_again(how: str, tmp_path: Path) -> None
     fault = Fault(f"sqlite {how}", take_away, reads_continue=True)
     with Server.start(url, tmp_path, workers=WORKERS) as server:
         run_scenario(server, url, fault)
+
+
+def test_sqlite_writer_turn_held_by_another_process(tmp_path: Path) -> None:
+    """Processes writing one SQLite file take turns through a lock file beside it. While
+    another process keeps the turn, an adjustment gives up with a clean 503 after the busy
+    timeout and records nothing; the wait it abandoned lets the turn go as soon as it comes,
+    so the other servers write again at once."""
+    path = tmp_path / "turn.db"
+    url = f"sqlite:///{path}"
+    with Server.start(url, tmp_path) as first, Server.start(url, tmp_path) as second:
+        token = login(first, ADMIN_EMAIL, ADMIN_PASSWORD)
+        headers = {"Authorization": f"Bearer {token}"}
+        clients = [
+            httpx.Client(base_url=server.base_url, headers=headers, timeout=60)
+            for server in (first, second)
+        ]
+        with clients[0], clients[1]:
+            created = clients[0].post("/admin/customers", json={"email": "turn@example.com"})
+            assert created.status_code == 200, created.text
+            customer_id = created.json()["customer"]["id"]
+            body = {"customer_id": customer_id, "delta": 5}
+            lock_file = os.open(f"{path}-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(lock_file, fcntl.LOCK_EX)
+                try:
+                    refused, seconds = timed(lambda: clients[0].post(ADJUST_PATH, json=body))
+                finally:
+                    fcntl.flock(lock_file, fcntl.LOCK_UN)
+            finally:
+                os.close(lock_file)
+            assert_unavailable(refused, "adjust while another process has the turn")
+            assert 4.0 <= seconds <= BOUND_S, f"gave up after {seconds:.2f} s"
+            for client in [clients[1], clients[0]] * 3:
+                accepted, seconds = timed(partial(client.post, ADJUST_PATH, json=body))
+                assert accepted.status_code == 200, accepted.text
+                assert seconds < 2.0, f"an adjustment took {seconds:.2f} s after the turn was back"
+            balance = clients[1].get(f"/admin/loyalty/points/{customer_id}")
+            assert balance.json()["balance"] == 30, balance.text
+            assert len(full_history(clients[1], customer_id)) == 6

@@ -13,11 +13,11 @@ import json
 import os
 import re
 import sqlite3
-import time
+import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any, TypeVar
 
 from loyalty.db import Connection, Row, UniqueViolation
@@ -191,40 +191,47 @@ def _probe_write_lock(conn: sqlite3.Connection) -> None:
 class WriterTurn:
     """Takes turns at writing among the processes that share a database file.
 
-    SQLite's own busy handler sleeps up to 100 ms between tries, so with several workers a
-    writer could wait many rounds while others got the lock: seconds at the 99th percentile.
-    An advisory lock on a file beside the database, tried every millisecond or two, hands the
-    write lock over promptly; BEGIN IMMEDIATE still guards against any other writer.
-    """
+    SQLite's own busy handler sleeps up to 100 ms between tries, and polling a lock is no
+    better: a writer that lets go and comes straight back often finds the lock still free
+    and takes it again, so another worker's batch waits several rounds. A blocking
+    advisory lock on a file beside the database is handed over by the kernel the moment it
+    is let go. BEGIN IMMEDIATE still guards against writers that do not take turns.
 
-    PAUSE_MIN_S = 0.0002
-    PAUSE_MAX_S = 0.002
+    The wait blocks a thread, so its deadline is kept by the caller, who gives up with
+    `give_up`; a turn that comes after that is let go at once.
+    """
 
     def __init__(self, path: str) -> None:
         self._path = path
         self._fd: int | None = None
         self._held = False
+        self._mutex = threading.Lock()  # orders a late turn against the caller giving up
 
-    def acquire(self) -> None:
+    def acquire(self, gave_up: threading.Event) -> bool:
+        """Waits for the turn; False when the caller gave up waiting in the meantime."""
         if self._fd is None:
             self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-        pause = self.PAUSE_MIN_S
-        while True:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                self._held = True
-                return
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise DatabaseUnavailable() from None
-                time.sleep(pause)
-                pause = min(pause * 2, self.PAUSE_MAX_S)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        with self._mutex:
+            if gave_up.is_set():
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                return False
+            self._held = True
+            return True
+
+    def give_up(self, gave_up: threading.Event) -> bool:
+        """Ends a wait from the caller's side; False when the turn was already taken."""
+        with self._mutex:
+            if self._held:
+                return False
+            gave_up.set()
+            return True
 
     def release(self) -> None:
-        if self._held and self._fd is not None:
-            self._held = False
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        with self._mutex:
+            if self._held and self._fd is not None:
+                self._held = False
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
 
 
 class SqliteDatabase:
@@ -248,7 +255,7 @@ class SqliteDatabase:
     async def write(self) -> AsyncIterator[Connection]:
         async with self._write_lock:
             conn = self._writer
-            await conn.run(self._begin)
+            await self._begin_in_turn(conn)
             try:
                 yield conn
                 await conn.run(self._commit)
@@ -256,8 +263,31 @@ class SqliteDatabase:
                 await asyncio.shield(_guarded_rollback(conn, self._turn.release))
                 raise
 
-    def _begin(self, conn: sqlite3.Connection) -> None:
-        self._turn.acquire()
+    async def _begin_in_turn(self, conn: _ThreadConnection) -> None:
+        """BEGIN IMMEDIATE once this process has the writer's turn, or DatabaseUnavailable
+        after BUSY_TIMEOUT_MS, as when SQLite's own lock stays taken."""
+        gave_up = threading.Event()
+        begun = asyncio.ensure_future(conn.run(partial(self._begin, gave_up)))
+        try:
+            await asyncio.wait({begun}, timeout=BUSY_TIMEOUT_MS / 1000)
+        except asyncio.CancelledError:
+            if not self._turn.give_up(gave_up):
+                # The turn came as the wait was cancelled: end the transaction it began.
+                await asyncio.shield(_end_late_begin(begun, conn, self._turn.release))
+            else:
+                begun.add_done_callback(_ignore_outcome)
+            raise
+        if begun.done():
+            begun.result()  # BEGIN IMMEDIATE's own failure, if any
+        elif self._turn.give_up(gave_up):
+            begun.add_done_callback(_ignore_outcome)
+            raise DatabaseUnavailable()
+        else:
+            await begun  # the turn came just as the wait ended
+
+    def _begin(self, gave_up: threading.Event, conn: sqlite3.Connection) -> None:
+        if not self._turn.acquire(gave_up):
+            return  # the caller has given up and gone; nothing was begun
         try:
             conn.execute("BEGIN IMMEDIATE")
         except BaseException:
@@ -299,6 +329,20 @@ class SqliteDatabase:
         await self._writer.close()
         while not self._readers.empty():
             await self._readers.get_nowait().close()
+
+
+def _ignore_outcome(future: asyncio.Future[None]) -> None:
+    # A wait given up: whatever it ended with has been dealt with, and is not news.
+    if not future.cancelled():
+        future.exception()
+
+
+async def _end_late_begin(
+    begun: asyncio.Future[None], conn: _ThreadConnection, release: Callable[[], None]
+) -> None:
+    with suppress(Exception):
+        await begun
+    await _guarded_rollback(conn, release)
 
 
 async def _guarded_rollback(
