@@ -6,10 +6,11 @@ connection translates it. Transactions are begun and ended here and nowhere else
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+T = TypeVar("T")
 Row = Any  # asyncpg.Record or sqlite3.Row: both index by position and by column name
 
 
@@ -34,6 +35,12 @@ class Database(Protocol):
 
     def write(self) -> AbstractAsyncContextManager[Connection]:
         """A write transaction: committed when the block ends, rolled back if it raises."""
+        ...
+
+    async def transact(self, work: Callable[[Connection], Coroutine[Any, Any, T]]) -> T:
+        """`work(conn)` as one write transaction, like `write()`, for the hot path. `work` may
+        await nothing but the connection's statements: on SQLite it runs whole on the
+        writer's thread, so the write lock is held only while it works."""
         ...
 
     def read(self, snapshot: bool = False) -> AbstractAsyncContextManager[Connection]:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import asyncpg
 
-from loyalty.db import Connection, RetryableConflict, Row, UniqueViolation
+from loyalty.db import Connection, RetryableConflict, Row, T, UniqueViolation
 from loyalty.errors import DatabaseUnavailable
 
 log = logging.getLogger("loyalty.db")
@@ -107,6 +107,10 @@ class PostgresDatabase:
     async def write(self) -> AsyncIterator[Connection]:
         async with self._connection() as conn, conn.transaction():
             yield _PgConnection(conn)
+
+    async def transact(self, work: Callable[[Connection], Coroutine[Any, Any, T]]) -> T:
+        async with self.write() as conn:
+            return await work(conn)
 
     @asynccontextmanager
     async def read(self, snapshot: bool = False) -> AsyncIterator[Connection]:

@@ -14,16 +14,14 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
 from functools import lru_cache, partial
-from typing import Any, TypeVar
+from typing import Any
 
-from loyalty.db import Connection, Row, UniqueViolation
+from loyalty.db import Connection, Row, T, UniqueViolation
 from loyalty.errors import DatabaseUnavailable
-
-T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 5000
 # /health waits at most this long for the write lock: long enough for a busy service's
@@ -263,36 +261,71 @@ class SqliteDatabase:
                 await asyncio.shield(_guarded_rollback(conn, self._turn.release))
                 raise
 
-    async def _begin_in_turn(self, conn: _ThreadConnection) -> None:
-        """BEGIN IMMEDIATE once this process has the writer's turn, or DatabaseUnavailable
-        after BUSY_TIMEOUT_MS, as when SQLite's own lock stays taken."""
-        gave_up = threading.Event()
-        begun = asyncio.ensure_future(conn.run(partial(self._begin, gave_up)))
-        try:
-            await asyncio.wait({begun}, timeout=BUSY_TIMEOUT_MS / 1000)
-        except asyncio.CancelledError:
-            if not self._turn.give_up(gave_up):
-                # The turn came as the wait was cancelled: end the transaction it began.
-                await asyncio.shield(_end_late_begin(begun, conn, self._turn.release))
-            else:
-                begun.add_done_callback(_ignore_outcome)
-            raise
-        if begun.done():
-            begun.result()  # BEGIN IMMEDIATE's own failure, if any
-        elif self._turn.give_up(gave_up):
-            begun.add_done_callback(_ignore_outcome)
-            raise DatabaseUnavailable()
-        else:
-            await begun  # the turn came just as the wait ended
+    async def transact(self, work: Callable[[Connection], Coroutine[Any, Any, T]]) -> T:
+        async with self._write_lock:
+            return await self._in_turn(self._writer, partial(self._transact_here, work))
 
-    def _begin(self, gave_up: threading.Event, conn: sqlite3.Connection) -> None:
-        if not self._turn.acquire(gave_up):
-            return  # the caller has given up and gone; nothing was begun
+    def _transact_here(
+        self, work: Callable[[Connection], Coroutine[Any, Any, T]], conn: sqlite3.Connection
+    ) -> T:
+        # On the writer's thread, with the turn. The statements run inline (on this thread
+        # too), so `work` never suspends and is driven to its end here: the write lock is
+        # held while the transaction works, not while the event loop gets round to it.
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = _run_to_end(work(self._writer))
+                conn.execute("COMMIT")
+            except BaseException:
+                with suppress(sqlite3.Error):
+                    _rollback(conn)
+                raise
+            return result
+        finally:
+            self._turn.release()
+
+    async def _begin_in_turn(self, conn: _ThreadConnection) -> None:
+        await self._in_turn(conn, self._begin)
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except BaseException:
             self._turn.release()
             raise
+
+    async def _in_turn(self, conn: _ThreadConnection, work: Callable[[sqlite3.Connection], T]) -> T:
+        """`work` on the connection's thread once this process has the writer's turn (which
+        `work` then owns), or DatabaseUnavailable after BUSY_TIMEOUT_MS, as when SQLite's
+        own lock stays taken."""
+        gave_up = threading.Event()
+        running = asyncio.ensure_future(conn.run(partial(self._after_turn, gave_up, work)))
+        try:
+            await asyncio.wait({running}, timeout=BUSY_TIMEOUT_MS / 1000)
+        except asyncio.CancelledError:
+            if not self._turn.give_up(gave_up):
+                # The turn came as the wait was cancelled: end what `work` began.
+                await asyncio.shield(_end_late_turn(running, conn, self._turn.release))
+            else:
+                running.add_done_callback(_ignore_outcome)
+            raise
+        if not running.done() and self._turn.give_up(gave_up):
+            running.add_done_callback(_ignore_outcome)
+            raise DatabaseUnavailable()
+        result = await running  # done, or the turn came just as the wait ended
+        if isinstance(result, _GaveUp):  # only a wait given up returns it
+            raise DatabaseUnavailable()
+        return result
+
+    def _after_turn(
+        self,
+        gave_up: threading.Event,
+        work: Callable[[sqlite3.Connection], T],
+        conn: sqlite3.Connection,
+    ) -> T | _GaveUp:
+        if not self._turn.acquire(gave_up):
+            return _GAVE_UP  # the caller has given up and gone; nothing was begun
+        return work(conn)
 
     def _commit(self, conn: sqlite3.Connection) -> None:
         conn.execute("COMMIT")
@@ -331,18 +364,36 @@ class SqliteDatabase:
             await self._readers.get_nowait().close()
 
 
-def _ignore_outcome(future: asyncio.Future[None]) -> None:
+def _ignore_outcome(future: asyncio.Future[Any]) -> None:
     # A wait given up: whatever it ended with has been dealt with, and is not news.
     if not future.cancelled():
         future.exception()
 
 
-async def _end_late_begin(
-    begun: asyncio.Future[None], conn: _ThreadConnection, release: Callable[[], None]
+async def _end_late_turn(
+    running: asyncio.Future[Any], conn: _ThreadConnection, release: Callable[[], None]
 ) -> None:
     with suppress(Exception):
-        await begun
+        await running
     await _guarded_rollback(conn, release)
+
+
+class _GaveUp:
+    """What a wait for the turn returns when its caller gave up before the turn came."""
+
+
+_GAVE_UP = _GaveUp()
+
+
+def _run_to_end(work: Coroutine[Any, Any, T]) -> T:
+    """Runs a coroutine that never suspends (its awaits finish at once) on this thread."""
+    try:
+        work.send(None)
+    except StopIteration as finished:
+        result: T = finished.value
+        return result
+    work.close()
+    raise RuntimeError("a transaction's work waited for something besides its statements")
 
 
 async def _guarded_rollback(

@@ -143,20 +143,17 @@ class Ledger:
 
     async def _run_batch(self, commands: list[AdjustCommand]) -> list[AdjustOutcome]:
         for attempt in range(1, BATCH_ATTEMPTS_MAX + 1):
-            outcomes: list[AdjustOutcome] | None = None
+            batch = _Batch(self._db.dialect, commands, self._allow_negative)
             try:
-                async with self._db.write() as conn:
-                    batch = _Batch(conn, self._db.dialect, commands, self._allow_negative)
-                    outcomes = await batch.run()
-                return outcomes
+                return await self._db.transact(batch.run)
             except (RetryableConflict, UniqueViolation):
                 if attempt == BATCH_ATTEMPTS_MAX:
                     raise
             except DatabaseUnavailable:
                 # Lost during COMMIT, the batch may or may not be durable: look before saying.
-                first_id = batch.first_adjustment_id() if outcomes is not None else None
+                first_id = batch.first_adjustment_id() if batch.finished is not None else None
                 if first_id is not None and await self._was_committed(first_id):
-                    return outcomes or []
+                    return batch.finished or []
                 raise
         raise InvariantViolation("a batch ran out of attempts without an outcome")
 
@@ -204,19 +201,22 @@ class _Applied:
 
 @dataclass(slots=True)
 class _Batch:
-    conn: Connection
     dialect: str
     commands: list[AdjustCommand]
     allow_negative: bool
+    conn: Connection = field(init=False)
     outcomes: list[AdjustOutcome | None] = field(default_factory=list)
+    finished: list[AdjustOutcome] | None = None  # every outcome, once only COMMIT is left
 
-    async def run(self) -> list[AdjustOutcome]:
+    async def run(self, conn: Connection) -> list[AdjustOutcome]:
+        self.conn = conn
         self.outcomes = [None] * len(self.commands)
         await self._check_users()
         await self._check_keys()
         applied = await self._apply()
         await self._reply(applied)
-        return [outcome for outcome in self.outcomes if outcome is not None]
+        self.finished = [outcome for outcome in self.outcomes if outcome is not None]
+        return self.finished
 
     def first_adjustment_id(self) -> str | None:
         for outcome in self.outcomes:
