@@ -50,6 +50,13 @@ class _PgConnection:
         await self._conn.executemany(sql, list(args))
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A connection going back to the pool keeps its session: the service never changes it
+    (no SET, LISTEN or session-level advisory lock; the idempotency keys' locks end with
+    their transaction), so the reset query asyncpg would otherwise run, a round trip on
+    every release, has nothing to undo. asyncpg still rolls back an open transaction."""
+
+
 class PostgresDatabase:
     dialect = "postgresql"
 
@@ -67,6 +74,7 @@ class PostgresDatabase:
                 max_size=pool_size,
                 command_timeout=command_timeout_s,
                 timeout=CONNECT_TIMEOUT_S,
+                reset=_keep_session,
             )
         except _UNAVAILABLE as error:
             raise DatabaseUnavailable() from error
