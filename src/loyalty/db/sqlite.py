@@ -253,7 +253,7 @@ class SqliteDatabase:
     async def write(self) -> AsyncIterator[Connection]:
         async with self._write_lock:
             conn = self._writer
-            await self._begin_in_turn(conn)
+            await self._in_turn(conn, self._begin)
             try:
                 yield conn
                 await conn.run(self._commit)
@@ -283,9 +283,6 @@ class SqliteDatabase:
             return result
         finally:
             self._turn.release()
-
-    async def _begin_in_turn(self, conn: _ThreadConnection) -> None:
-        await self._in_turn(conn, self._begin)
 
     def _begin(self, conn: sqlite3.Connection) -> None:
         try:
