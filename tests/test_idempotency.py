@@ -955,7 +955,7 @@ def test_cleanup_removes_expired_keys_and_keeps_the_rest(
                 bulk = await conn.fetch(
                     "SELECT key FROM idempotency_keys WHERE user_id = $1", bulk_user
                 )
-            return {row["key"] for row in mine}, {row["key"] for row in bulk}
+            return {row[0] for row in mine}, {row[0] for row in bulk}
         finally:
             await db.close()
 

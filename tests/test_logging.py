@@ -22,7 +22,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from loyalty.request_log import JsonFormatter, RequestLog, log_adjustment, logging_config
+from loyalty.http.access_log import RequestLog
+from loyalty.ledger.audit import log_adjustment
+from loyalty.logs import JsonFormatter, logging_config
 from tests.conftest import DatabaseFactory
 from tests.support import ADMIN_EMAIL, ADMIN_PASSWORD, JWT_SECRET, Server
 
@@ -360,7 +362,7 @@ def test_logging_config_writes_json_to_stderr() -> None:
     and drops uvicorn's own access log."""
     config = logging_config("INFO")
     assert config["handlers"]["stderr"]["stream"] == "ext://sys.stderr"
-    assert config["formatters"]["json"]["()"] == "loyalty.request_log.JsonFormatter"
+    assert config["formatters"]["json"]["()"] == "loyalty.logs.JsonFormatter"
     assert config["root"] == {"handlers": ["stderr"], "level": "INFO"}
     assert config["loggers"]["uvicorn.access"] == {"handlers": [], "propagate": False}
 

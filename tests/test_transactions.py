@@ -29,7 +29,7 @@ async def put(conn: Connection, key: str) -> str:
 async def stored(db: Database) -> set[str]:
     async with db.read() as conn:
         rows = await conn.fetch("SELECT key FROM service_settings WHERE key LIKE 'test.%'")
-    return {row["key"] for row in rows}
+    return {row[0] for row in rows}
 
 
 def with_database(url: str, scenario: Callable[[Database], Awaitable[None]]) -> None:

@@ -1,4 +1,4 @@
-"""create_app(settings): the routes, the lifespan and the one error handler."""
+"""create_app(settings): the route table, the lifespan and the one error handler."""
 
 from __future__ import annotations
 
@@ -14,12 +14,11 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
-from starlette.routing import Mount, Route, Router
-from starlette.staticfiles import StaticFiles
+from starlette.responses import Response
+from starlette.routing import Router
 from starlette.types import ASGIApp
 
-from loyalty import openapi
+from loyalty import health
 from loyalty.auth import rate_limit
 from loyalty.auth import routes as auth_routes
 from loyalty.auth import service as auth
@@ -27,16 +26,20 @@ from loyalty.config import Settings
 from loyalty.context import AppContext
 from loyalty.customers import routes as customer_routes
 from loyalty.db import open_database
-from loyalty.errors import LoyaltyError
-from loyalty.http import json_response
+from loyalty.errors import LoyaltyError, NotFound
+from loyalty.http import docs, openapi
+from loyalty.http.access_log import REQUEST_ID_HEADER, RequestLog
+from loyalty.http.responses import PATH_SHOWN_MAX, error_response, json_response
+from loyalty.http.routing import Endpoint, build_routes
+from loyalty.http.schemas import Error
 from loyalty.idempotency import cleanup as idempotency_cleanup
+from loyalty.idempotency.keys import HEADER as IDEMPOTENCY_KEY_HEADER
+from loyalty.idempotency.keys import REPLAYED_HEADER
 from loyalty.ledger import routes as ledger_routes
 from loyalty.ledger.service import Ledger
-from loyalty.request_log import REQUEST_ID_HEADER, RequestLog
 
 log = logging.getLogger("loyalty")
 
-_HTTP_ERROR_TYPES = {404: "not_found", 405: "not_allowed", 413: "invalid_data"}
 CORS_MAX_AGE_S = 600
 
 
@@ -62,7 +65,7 @@ class _Cors(CORSMiddleware):
         if response.status_code == 200:
             return Response(status_code=204, headers=headers)
         # "Disallowed CORS origin", "... method" or "... headers": nothing but what was asked.
-        body = {"type": "invalid_data", "message": bytes(response.body).decode()}
+        body = Error("invalid_data", bytes(response.body).decode())
         return json_response(body, response.status_code, headers)
 
 
@@ -76,43 +79,44 @@ def _cors(settings: Settings) -> list[Middleware]:
             _Cors,
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", REQUEST_ID_HEADER],
-            expose_headers=[REQUEST_ID_HEADER, "Idempotent-Replayed", "Retry-After"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                IDEMPOTENCY_KEY_HEADER,
+                REQUEST_ID_HEADER,
+            ],
+            expose_headers=[REQUEST_ID_HEADER, REPLAYED_HEADER, "Retry-After"],
             max_age=CORS_MAX_AGE_S,
         )
     ]
 
 
-def error_response(error: LoyaltyError) -> Response:
-    body: dict[str, object] = {"type": error.type, "message": error.message}
-    if error.errors:
-        body["errors"] = [{"field": e.field, "message": e.message} for e in error.errors]
-    return json_response(body, error.status, error.headers)
-
-
 async def _on_loyalty_error(request: Request, error: Exception) -> Response:
-    assert isinstance(error, LoyaltyError)
+    if not isinstance(error, LoyaltyError):
+        raise TypeError("the handler of LoyaltyError got another exception") from error
     return error_response(error)
 
 
 async def _on_http_exception(request: Request, error: Exception) -> Response:
-    # Raised by the router itself: unknown routes and wrong methods.
-    assert isinstance(error, HTTPException)
-    kind = _HTTP_ERROR_TYPES.get(error.status_code, "invalid_data")
-    if error.status_code == 404:
-        message = f"Route {request.method} {request.url.path[:200]} was not found"
-    elif error.status_code == 405:
-        message = f"Method {request.method} is not allowed on {request.url.path[:200]}"
-    else:
-        message = str(error.detail)
-    body = {"type": kind, "message": message}
-    return json_response(body, error.status_code, error.headers)
+    # Raised by the router itself, for a path no route has (each route answers its own 405).
+    path = request.url.path[:PATH_SHOWN_MAX]
+    return error_response(NotFound(f"Route {request.method} {path} was not found"))
 
 
 async def _on_unexpected(request: Request, error: Exception) -> Response:
     log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=error)
-    body = {"type": "unexpected_state", "message": "An unexpected error occurred"}
-    return json_response(body, 500)
+    return json_response(Error("unexpected_state", "An unexpected error occurred"), 500)
+
+
+def route_table(ctx: AppContext) -> list[Endpoint]:
+    """Every endpoint of the service: the router and the OpenAPI document are built from it."""
+    table: list[Endpoint] = []
+    table += health.endpoints(ctx)
+    table += docs.endpoints(lambda: openapi.document(table))
+    table += auth_routes.endpoints(ctx)
+    table += customer_routes.endpoints(ctx)
+    table += ledger_routes.endpoints(ctx)
+    return table
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -124,7 +128,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ctx.ledger = Ledger(ctx.db, ctx.settings.allow_negative_balance)
         cleanups: list[asyncio.Task[None]] = []
         try:
-            ctx.jwt_secret = await auth.ensure_jwt_secret(ctx.db, ctx.settings)
+            ctx.guard.open(ctx.db, await auth.ensure_jwt_secret(ctx.db, ctx.settings))
             ctx.ledger.start()
             cleanups.append(asyncio.create_task(idempotency_cleanup.run_periodically(ctx.db)))
             window_ms = ctx.settings.login_window_seconds * 1000
@@ -145,27 +149,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await ctx.ledger.stop()
             await ctx.db.close()
 
-    async def health(request: Request) -> Response:
-        await ctx.db.ping()
-        return json_response({"status": "ok"})
-
-    async def openapi_json(request: Request) -> Response:
-        return json_response(openapi.document())
-
-    async def docs(request: Request) -> Response:
-        return HTMLResponse(openapi.DOCS_HTML)
-
-    routes = [
-        Route("/health", health, methods=["GET"]),
-        Route("/openapi.json", openapi_json, methods=["GET"]),
-        Route("/docs", docs, methods=["GET"]),
-        Mount("/docs/assets", StaticFiles(directory=openapi.DOCS_ASSETS_DIR)),
-        *auth_routes.routes(ctx),
-        *customer_routes.routes(ctx),
-        *ledger_routes.routes(ctx),
-    ]
+    table = route_table(ctx)
     app = _Service(
-        routes=routes,
+        routes=build_routes(table),
         middleware=_cors(ctx.settings),
         lifespan=lifespan,
         exception_handlers={
@@ -174,7 +160,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Exception: _on_unexpected,
         },
     )
+    app.state.route_table = table
     router = app.router
-    assert isinstance(router, Router)
+    if not isinstance(router, Router):
+        raise TypeError("Starlette's router is not a Router")
     router.redirect_slashes = False
     return app

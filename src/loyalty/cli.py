@@ -12,7 +12,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from loyalty import migrate, request_log
+from loyalty import logs, migrate
 from loyalty.auth import service as auth
 from loyalty.auth.scopes import ALL_SCOPES
 from loyalty.config import ConfigError, Settings
@@ -168,10 +168,11 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> None:
         port=port,
         workers=workers,
         loop="uvloop",
-        http="httptools",
+        # httptools, with a read deadline per request and a bound on its headers.
+        http="loyalty.http.protocol:BoundedHttpToolsProtocol",
         # One JSON line per request comes from loyalty.request_log instead.
         access_log=False,
-        log_config=request_log.logging_config(settings.log_level),
+        log_config=logs.logging_config(settings.log_level),
         # X-Forwarded-For is believed only from the proxies LOYALTY_TRUST_PROXY names
         # (uvicorn would otherwise believe any local process that sends it).
         proxy_headers=bool(settings.trust_proxy),

@@ -13,6 +13,7 @@ JWT_TTL_SECONDS_MAX = 366 * 24 * 3600
 LOGIN_WINDOW_SECONDS_MAX = 24 * 3600
 LOGIN_FAILURES_MAX = 1_000_000
 LIST_ITEMS_MAX = 64
+HTTP_READ_TIMEOUT_SECONDS_MAX = 3600
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # A browser's Origin header: scheme, host and an optional port, nothing more.
 _ORIGIN = re.compile(
@@ -47,6 +48,8 @@ class Settings:
     # Origins a browser may call the API from; empty: no CORS headers at all.
     cors_origins: tuple[str, ...] = ()
     log_level: str = "INFO"
+    # How long a client may take to send one whole request (head and body).
+    http_read_timeout_seconds: int = 30
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -74,6 +77,9 @@ class Settings:
             trust_proxy=_proxies(env, "LOYALTY_TRUST_PROXY"),
             cors_origins=_origins(env, "LOYALTY_CORS_ORIGINS"),
             log_level=_log_level(env, "LOYALTY_LOG_LEVEL"),
+            http_read_timeout_seconds=_int(
+                env, "LOYALTY_HTTP_READ_TIMEOUT_SECONDS", 30, 1, HTTP_READ_TIMEOUT_SECONDS_MAX
+            ),
         )
 
 

@@ -91,6 +91,29 @@ class PayloadTooLarge(LoyaltyError):
     type = "invalid_data"
 
 
+class ClientDisconnected(LoyaltyError):
+    """The client went away before its request was whole. No answer will reach it, and it is
+    no fault of the service's: the access line records it, nothing else does."""
+
+    status = 400
+    type = "invalid_data"
+
+    def __init__(self) -> None:
+        super().__init__("The client closed the connection before the request was complete")
+
+
+class RequestTimeout(LoyaltyError):
+    """The request's head or body did not arrive within the read deadline."""
+
+    status = 408
+    type = "invalid_data"
+
+
+class RequestHeadTooLarge(LoyaltyError):
+    status = 431
+    type = "invalid_data"
+
+
 class DatabaseUnavailable(LoyaltyError):
     status = 503
     type = "unexpected_state"

@@ -12,6 +12,7 @@ from alembic import command
 from alembic.config import Config
 
 from loyalty.db import sqlalchemy_url, sqlite_path
+from loyalty.db.sqlite.connection import PRIVATE_FILE_MODE, create_private_file
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -37,10 +38,11 @@ def _sqlite_file_lock(database_url: str) -> Iterator[None]:
         yield
         return
     path = os.path.abspath(sqlite_path(database_url))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".migrate-lock", "w") as lock:
+    # Before Alembic's engine opens it, so that the file is created private.
+    create_private_file(path)
+    lock = os.open(path + ".migrate-lock", os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE)
+    try:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+        yield
+    finally:
+        os.close(lock)  # closing lets go of the lock

@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
-from loyalty.db import Connection, Row
+from loyalty.db import Connection
 
 LOGIN_FAILURES_CLEANUP_CHUNK = 500
+
+
+class UserRow(NamedTuple):
+    """A user as a login needs it; the fields are the columns, in this order."""
+
+    id: str
+    email: str
+    password_hash: str
+    first_name: str | None
+    last_name: str | None
+    scopes: str  # space-separated
+    disabled_at_ms: int | None
+
+
+_USER_COLUMNS = ", ".join(UserRow._fields)
 
 
 async def insert_user(
@@ -34,11 +50,9 @@ async def insert_user(
     )
 
 
-_USER_COLUMNS = "id, email, password_hash, first_name, last_name, scopes, disabled_at_ms"
-
-
-async def find_user_by_email_key(conn: Connection, email_key: str) -> Row | None:
-    return await conn.fetchrow(f"SELECT {_USER_COLUMNS} FROM users WHERE email_key = $1", email_key)
+async def find_user_by_email_key(conn: Connection, email_key: str) -> UserRow | None:
+    row = await conn.fetchrow(f"SELECT {_USER_COLUMNS} FROM users WHERE email_key = $1", email_key)
+    return None if row is None else UserRow._make(row)
 
 
 async def find_user_scopes(conn: Connection, user_id: str) -> str | None:

@@ -5,73 +5,108 @@ from __future__ import annotations
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from loyalty.auth import service
-from loyalty.auth.passwords import PASSWORD_MAX
 from loyalty.auth.rate_limit import LoginLimits
+from loyalty.auth.schemas import (
+    LOGIN_FIELDS,
+    LOGIN_LIMITS,
+    Credentials,
+    Token,
+    TokenWithUser,
+    UserBody,
+)
 from loyalty.context import AppContext
-from loyalty.emails import EMAIL_MAX
 from loyalty.errors import FieldError, validation_error
-from loyalty.http import decode_field, json_response, read_json_object
-from loyalty.request_log import note_user
+from loyalty.http.access_log import note_user
+from loyalty.http.body import decode_field, parse_json_object, read_body
+from loyalty.http.responses import json_response
+from loyalty.http.routing import Endpoint, Operation, public
 
-_LOGIN_FIELDS = frozenset({"email", "password"})
-
-
-async def _login(ctx: AppContext, request: Request) -> tuple[str, service.User]:
-    fields = await read_json_object(request, _LOGIN_FIELDS)
-    values: dict[str, str] = {}
-    errors = []
-    for name, limit in (("email", EMAIL_MAX), ("password", PASSWORD_MAX)):
-        try:
-            value = decode_field(fields[name], str) if name in fields else None
-        except msgspec.ValidationError:
-            value = None
-        if value is None or not 0 < len(value) <= limit:
-            errors.append(FieldError(name, f"{name} must be a non-empty string"))
-        else:
-            values[name] = value
-    if errors:
-        raise validation_error(errors)
-    settings = ctx.settings
-    # The connection's peer; uvicorn puts the X-Forwarded-For client here instead only when
-    # the peer is one of the proxies LOYALTY_TRUST_PROXY names.
-    client = request.client.host if request.client else None
-    token, user = await service.login(
-        ctx.db,
-        ctx.jwt_secret,
-        settings.jwt_ttl_seconds,
-        values["email"],
-        values["password"],
-        LoginLimits.from_settings(settings),
-        client,
-    )
-    note_user(request.scope, user.id)
-    return token, user
+TAG = "Auth"
+_LOGIN_ERRORS = {
+    401: "Wrong email or password",
+    429: "Too many failed logins for this email or client address (not_allowed)",
+}
 
 
-def routes(ctx: AppContext) -> list[Route]:
-    async def admin_token(request: Request) -> Response:
-        token, user = await _login(ctx, request)
-        return json_response(
-            {
-                "token": token,
-                "user": {
-                    "id": user.id,
-                    "email": user.email,
-                    "first_name": user.first_name,
-                    "last_name": user.last_name,
-                    "scopes": sorted(user.scopes),
-                },
-            }
+def _field(fields: dict[str, msgspec.Raw], name: str, errors: list[FieldError]) -> str:
+    """A login field, or "" with its error added: what is wrong, said precisely."""
+    limit = LOGIN_LIMITS[name]
+    raw = fields.get(name)
+    if raw is None:
+        errors.append(FieldError(name, f"{name} is required"))
+        return ""
+    try:
+        value = decode_field(raw, str)
+    except msgspec.ValidationError:
+        errors.append(FieldError(name, f"{name} must be a string"))
+        return ""
+    if not value:
+        errors.append(FieldError(name, f"{name} must not be empty"))
+    elif len(value) > limit:
+        errors.append(FieldError(name, f"{name} must be at most {limit} characters"))
+    return value
+
+
+def endpoints(ctx: AppContext) -> list[Endpoint]:
+    async def login(request: Request) -> tuple[str, service.User]:
+        fields = parse_json_object(request, await read_body(request), LOGIN_FIELDS)
+        errors: list[FieldError] = []
+        email = _field(fields, "email", errors)
+        password = _field(fields, "password", errors)
+        if errors:
+            raise validation_error(errors)
+        settings = ctx.settings
+        # The connection's peer; uvicorn puts the X-Forwarded-For client here instead only
+        # when the peer is one of the proxies LOYALTY_TRUST_PROXY names.
+        client = request.client.host if request.client else None
+        token, user = await service.login(
+            ctx.db,
+            ctx.guard.secret,
+            settings.jwt_ttl_seconds,
+            email,
+            password,
+            LoginLimits.from_settings(settings),
+            client,
         )
+        note_user(request.scope, user.id)
+        return token, user
+
+    async def admin_token(request: Request) -> Response:
+        token, user = await login(request)
+        body = UserBody(user.id, user.email, user.first_name, user.last_name, sorted(user.scopes))
+        return json_response(TokenWithUser(token, body))
 
     async def emailpass(request: Request) -> Response:
-        token, _ = await _login(ctx, request)
-        return json_response({"token": token})
+        token, _ = await login(request)
+        return json_response(Token(token))
 
     return [
-        Route("/admin/auth/token", admin_token, methods=["POST"]),
-        Route("/auth/user/emailpass", emailpass, methods=["POST"]),
+        Endpoint(
+            "POST",
+            "/admin/auth/token",
+            public(admin_token),
+            Operation(
+                "Exchange an admin's email and password for a JWT",
+                TAG,
+                ok=TokenWithUser,
+                ok_description="A token and its user",
+                body=Credentials,
+                errors=_LOGIN_ERRORS,
+            ),
+        ),
+        Endpoint(
+            "POST",
+            "/auth/user/emailpass",
+            public(emailpass),
+            Operation(
+                "Medusa v2's login route: a JWT for an admin's email and password",
+                TAG,
+                ok=Token,
+                ok_description="A token",
+                body=Credentials,
+                errors=_LOGIN_ERRORS,
+            ),
+        ),
     ]

@@ -14,12 +14,13 @@ from loyalty.auth.passwords import (
     verify_password_off_loop,
 )
 from loyalty.auth.rate_limit import LoginLimits
+from loyalty.auth.repository import UserRow
 from loyalty.auth.scopes import ALL_SCOPES, format_scopes, parse_scopes
-from loyalty.auth.tokens import bearer_token, issue_token, verify_token
+from loyalty.auth.tokens import issue_token
 from loyalty.config import Settings
-from loyalty.db import Database, RetryableConflict, Row, UniqueViolation
+from loyalty.db import Database, RetryableConflict, UniqueViolation
 from loyalty.emails import email_key, is_valid_email
-from loyalty.errors import Conflict, FieldError, Forbidden, InvalidData, Unauthorized
+from loyalty.errors import Conflict, FieldError, InvalidData, Unauthorized
 from loyalty.ids import new_id
 from loyalty.timestamps import now_ms
 
@@ -38,18 +39,6 @@ class User:
     first_name: str | None
     last_name: str | None
     scopes: frozenset[str]
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """The admin user a request acts for, with the scopes it holds right now."""
-
-    user_id: str
-    scopes: frozenset[str]
-
-    def require(self, scope: str) -> None:
-        if scope not in self.scopes:
-            raise Forbidden(f"Missing required scope: {scope}")
 
 
 async def create_user(
@@ -125,19 +114,17 @@ async def login(
     429 while the email or the client address has too many recent failures."""
     key = email_key(email)
     attempt, row = await _count_attempt(db, limits, key, client)
-    valid = await verify_password_off_loop(row["password_hash"] if row else None, password)
-    if not valid or row is None or row["disabled_at_ms"] is not None:
+    valid = await verify_password_off_loop(row.password_hash if row else None, password)
+    if not valid or row is None or row.disabled_at_ms is not None:
         raise Unauthorized(INVALID_LOGIN)
     await rate_limit.uncount_attempt(db, attempt)
-    user = User(
-        row["id"], row["email"], row["first_name"], row["last_name"], parse_scopes(row["scopes"])
-    )
+    user = User(row.id, row.email, row.first_name, row.last_name, parse_scopes(row.scopes))
     return issue_token(secret, user.id, user.scopes, ttl_seconds), user
 
 
 async def _count_attempt(
     db: Database, limits: LoginLimits, key: str, client: str | None
-) -> tuple[rate_limit.CountedAttempt, Row | None]:
+) -> tuple[rate_limit.CountedAttempt, UserRow | None]:
     """Counts the attempt (or refuses it with 429) and finds the user, in one transaction."""
     for attempt in range(1, LOGIN_ATTEMPTS_MAX + 1):
         try:
@@ -148,25 +135,6 @@ async def _count_attempt(
             if attempt == LOGIN_ATTEMPTS_MAX:
                 raise
     raise RuntimeError("unreachable")
-
-
-async def authenticate(db: Database, secret: str, authorization: str | None) -> Principal:
-    """The principal behind an Authorization header. The user is looked up on every request,
-    so the tokens of a deleted or disabled user stop working at once, and scope changes apply
-    at once."""
-    user_id, _ = verify_token(secret, bearer_token(authorization))
-    async with db.read() as conn:
-        scopes = await repository.find_user_scopes(conn, user_id)
-    if scopes is None:
-        raise Unauthorized()
-    return Principal(user_id, parse_scopes(scopes))
-
-
-def principal_from_token(secret: str, authorization: str | None) -> Principal:
-    """The principal a token claims to be, checked by signature alone. Its user and scopes
-    must still be confirmed against the database, as the adjust batch does."""
-    user_id, scopes = verify_token(secret, bearer_token(authorization))
-    return Principal(user_id, scopes)
 
 
 async def ensure_jwt_secret(db: Database, settings: Settings) -> str:

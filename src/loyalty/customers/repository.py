@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
-from loyalty.db import Connection, Row
+from typing import NamedTuple
 
-_COLUMNS = "id, email, first_name, last_name, created_at_ms, updated_at_ms"
+from loyalty.db import Connection
+
+
+class CustomerRow(NamedTuple):
+    """A customer as it is read; the fields are the columns, in this order."""
+
+    id: str
+    email: str
+    first_name: str | None
+    last_name: str | None
+    created_at_ms: int
+    updated_at_ms: int
+
+
+_COLUMNS = ", ".join(CustomerRow._fields)
 # `q` matches email or names as a case-insensitive substring; \ escapes LIKE's wildcards.
 _SEARCH = (
     "(lower(email) LIKE $1 ESCAPE '\\'"
@@ -40,19 +54,22 @@ async def insert_customer(
     )
 
 
-async def find_customer(conn: Connection, customer_id: str) -> Row | None:
-    return await conn.fetchrow(f"SELECT {_COLUMNS} FROM customers WHERE id = $1", customer_id)
+async def find_customer(conn: Connection, customer_id: str) -> CustomerRow | None:
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM customers WHERE id = $1", customer_id)
+    return None if row is None else CustomerRow._make(row)
 
 
 async def list_customers(
     conn: Connection, pattern: str | None, limit: int, offset: int
-) -> list[Row]:
+) -> list[CustomerRow]:
     order = "ORDER BY created_at_ms DESC, id DESC"
     if pattern is None:
         sql = f"SELECT {_COLUMNS} FROM customers {order} LIMIT $1 OFFSET $2"
-        return await conn.fetch(sql, limit, offset)
-    sql = f"SELECT {_COLUMNS} FROM customers WHERE {_SEARCH} {order} LIMIT $2 OFFSET $3"
-    return await conn.fetch(sql, pattern, limit, offset)
+        rows = await conn.fetch(sql, limit, offset)
+    else:
+        sql = f"SELECT {_COLUMNS} FROM customers WHERE {_SEARCH} {order} LIMIT $2 OFFSET $3"
+        rows = await conn.fetch(sql, pattern, limit, offset)
+    return [CustomerRow._make(row) for row in rows]
 
 
 async def count_customers(conn: Connection, pattern: str | None) -> int:

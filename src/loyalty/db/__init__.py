@@ -1,7 +1,9 @@
 """The database: one interface over SQLite (embedded default) and PostgreSQL.
 
 Repositories write SQL once, in PostgreSQL's dialect with `$1` parameters; the SQLite
-connection translates it. Transactions are begun and ended here and nowhere else.
+connection translates it. Rows come back as plain sequences in the order the SQL names the
+columns, and each repository turns them into its own named rows. Transactions are begun and
+ended here and nowhere else.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
-Row = Any  # asyncpg.Record or sqlite3.Row: both index by position and by column name
+# A row as the driver returns it (asyncpg.Record or a tuple): values by position only.
+Record = Sequence[Any]
 
 
 class UniqueViolation(Exception):
@@ -23,8 +26,11 @@ class RetryableConflict(Exception):
 
 
 class Connection(Protocol):
-    async def fetch(self, sql: str, *args: Any) -> list[Row]: ...
-    async def fetchrow(self, sql: str, *args: Any) -> Row | None: ...
+    # "sqlite" or "postgresql", for the few statements that differ (advisory locks, LATERAL).
+    dialect: str
+
+    async def fetch(self, sql: str, *args: Any) -> list[Record]: ...
+    async def fetchrow(self, sql: str, *args: Any) -> Record | None: ...
     async def fetchval(self, sql: str, *args: Any) -> Any: ...
     async def execute(self, sql: str, *args: Any) -> None: ...
     async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None: ...

@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 
-from loyalty.db import Connection, RetryableConflict, Row, T, UniqueViolation
+from loyalty.db import Connection, Record, RetryableConflict, T, UniqueViolation
 from loyalty.errors import DatabaseUnavailable
 
 log = logging.getLogger("loyalty.db")
@@ -31,14 +31,17 @@ _UNAVAILABLE = (
 
 
 class _PgConnection:
+    dialect = "postgresql"
+
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
 
-    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+    async def fetch(self, sql: str, *args: Any) -> list[Record]:
         return list(await self._conn.fetch(sql, *args))
 
-    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
-        return await self._conn.fetchrow(sql, *args)
+    async def fetchrow(self, sql: str, *args: Any) -> Record | None:
+        row: Record | None = await self._conn.fetchrow(sql, *args)
+        return row
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         return await self._conn.fetchval(sql, *args)

@@ -2,11 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
-from loyalty.db import Connection, Row
+from loyalty.db import Connection
 
 CLEANUP_CHUNK = 500
+
+
+class KeptResponse(NamedTuple):
+    """A kept response; the fields are the columns, in this order."""
+
+    user_id: str  # the actor the key belongs to
+    key: str
+    request_hash: str
+    status: int
+    response: bytes
+    created_at_ms: int
+
+
+class FoundKey(NamedTuple):
+    key: str
+    request_hash: str
+    status: int
+    response: bytes
+
+
+_FOUND_COLUMNS = ", ".join(FoundKey._fields)
+_KEPT_COLUMNS = ", ".join(KeptResponse._fields)
+_KEPT_VALUES = ", ".join(f"${n}" for n in range(1, len(KeptResponse._fields) + 1))
 
 
 async def try_lock_keys(conn: Connection, lock_names: list[str]) -> set[str]:
@@ -22,21 +46,18 @@ async def try_lock_keys(conn: Connection, lock_names: list[str]) -> set[str]:
     return {row[0] for row in rows}
 
 
-async def find_keys(conn: Connection, user_id: str, keys: list[str]) -> list[Row]:
-    return await conn.fetch(
-        "SELECT key, request_hash, status, response FROM idempotency_keys"
-        " WHERE user_id = $1 AND key = ANY($2)",
+async def find_keys(conn: Connection, user_id: str, keys: list[str]) -> list[FoundKey]:
+    rows = await conn.fetch(
+        f"SELECT {_FOUND_COLUMNS} FROM idempotency_keys WHERE user_id = $1 AND key = ANY($2)",
         user_id,
         keys,
     )
+    return [FoundKey._make(row) for row in rows]
 
 
-async def insert_keys(conn: Connection, rows: Iterable[Sequence[object]]) -> None:
-    """Rows of (user_id, key, request_hash, status, response, created_at_ms)."""
+async def insert_keys(conn: Connection, rows: Sequence[KeptResponse]) -> None:
     await conn.executemany(
-        "INSERT INTO idempotency_keys (user_id, key, request_hash, status, response,"
-        " created_at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
-        rows,
+        f"INSERT INTO idempotency_keys ({_KEPT_COLUMNS}) VALUES ({_KEPT_VALUES})", rows
     )
 
 

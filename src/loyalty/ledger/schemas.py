@@ -1,22 +1,112 @@
-"""The adjust body's rules and the JSON shapes of balances and adjustments."""
+"""The ledger's request and response bodies, as msgspec Structs (the OpenAPI document is
+generated from them), and the adjust body's exact rules."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Literal
 
 import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 from loyalty.errors import FieldError, validation_error
-from loyalty.http import decode_field
+from loyalty.http.body import decode_field
+from loyalty.http.schemas import PageCount, PageLimit, PageOffset, PageQuery, Points, Timestamp
 from loyalty.ledger import points
-from loyalty.ledger.points import DELTA_MAX_HUNDREDTHS, PointsError
+from loyalty.ledger.points import DELTA_MAX_HUNDREDTHS, HUNDREDTHS_PER_POINT, PointsError
+from loyalty.ledger.repository import AdjustmentRow, BalanceRow
 from loyalty.timestamps import render, render_optional
 
-ADJUST_FIELDS = frozenset({"customer_id", "delta", "reason"})
 CUSTOMER_ID_MAX = 64
 REASON_MAX = 1000
+HISTORY_IN_ADJUST = 20
 DELTA_MESSAGE = "delta must be a non-zero number"
+_DELTA_MAX_POINTS = DELTA_MAX_HUNDREDTHS // HUNDREDTHS_PER_POINT
+
+CustomerId = Annotated[str, Meta(min_length=1, max_length=CUSTOMER_ID_MAX)]
+AdjustmentId = Annotated[str, Meta(pattern="^adj_[0-9A-HJKMNP-TV-Z]{26}$")]
+Delta = Annotated[
+    msgspec.Raw,
+    Meta(
+        description="Non-zero, at most 2 fractional digits",
+        extra_json_schema={
+            "type": "number",
+            "not": {"const": 0},
+            "minimum": -_DELTA_MAX_POINTS,
+            "maximum": _DELTA_MAX_POINTS,
+        },
+    ),
+]
+
+
+class AdjustRequest(Struct, forbid_unknown_fields=True):
+    customer_id: CustomerId
+    delta: Delta
+    reason: Annotated[str, Meta(max_length=REASON_MAX)] | None = None
+
+
+class AdjustQuery(Struct):
+    include_history: Annotated[
+        bool,
+        Meta(description=f"Also return the last {HISTORY_IN_ADJUST} adjustments, newest first"),
+    ] = False
+
+
+class HistoryQuery(PageQuery):
+    order: Literal["-created_at", "created_at"] = "-created_at"
+    created_gte: Timestamp | None = msgspec.field(default=None, name="created_at[gte]")
+    created_lte: Timestamp | None = msgspec.field(default=None, name="created_at[lte]")
+
+
+class SeedAdjustment(Struct):
+    """An adjustment as the seed's page shows it, in the adjust response's history."""
+
+    id: AdjustmentId
+    delta: Points
+    reason: str | None
+    balance_after: Points
+    created_at: Timestamp
+
+
+class Adjustment(SeedAdjustment):
+    """An adjustment in the history route: the seed's fields and who made it."""
+
+    created_by: Annotated[
+        str | None, Meta(description="The id of the admin user who made the adjustment")
+    ]
+
+
+class AdjustResponse(Struct, omit_defaults=True):
+    id: str
+    customer_id: str
+    balance_after: Points
+    updated_at: Timestamp
+    history: (
+        Annotated[
+            list[SeedAdjustment],
+            Meta(
+                max_length=HISTORY_IN_ADJUST,
+                description="Only with include_history=true: newest first, this one first",
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+
+
+class Balance(Struct):
+    customer_id: str
+    balance: Points
+    updated_at: Timestamp | None
+
+
+class AdjustmentPage(Struct):
+    adjustments: list[Adjustment]
+    count: PageCount
+    offset: PageOffset
+    limit: PageLimit
+
+
+ADJUST_FIELDS = frozenset(field.encode_name for field in msgspec.structs.fields(AdjustRequest))
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,31 +163,36 @@ def _delta(raw: msgspec.Raw | None, errors: list[FieldError]) -> int | None:
         errors.append(FieldError("delta", DELTA_MESSAGE))
         return None
     if abs(hundredths) > DELTA_MAX_HUNDREDTHS:
-        errors.append(FieldError("delta", "delta must be at most 1000000000 in absolute value"))
+        errors.append(
+            FieldError("delta", f"delta must be at most {_DELTA_MAX_POINTS} in absolute value")
+        )
         return None
     return hundredths
 
 
-def adjustment_json(row: Any, with_actor: bool = False) -> dict[str, Any]:
-    """A history item from a row of ledger.repository.HISTORY_COLUMNS. The adjust response
-    keeps the seed's exact item shape; the history route adds the acting user."""
-    item = {
-        "id": row[0],
-        "delta": msgspec.Raw(points.render(row[1])),
-        "reason": row[2],
-        "balance_after": msgspec.Raw(points.render(row[3])),
-        "created_at": render(row[4]),
-    }
-    if with_actor:
-        item["created_by"] = row[5]
-    return item
+def _points(hundredths: int) -> msgspec.Raw:
+    return msgspec.Raw(points.render(hundredths))
 
 
-def balance_json(
-    customer_id: str, balance_hundredths: int, updated_at_ms: int | None
-) -> dict[str, Any]:
-    return {
-        "customer_id": customer_id,
-        "balance": msgspec.Raw(points.render(balance_hundredths)),
-        "updated_at": render_optional(updated_at_ms),
-    }
+def _seed_fields(row: AdjustmentRow) -> tuple[str, msgspec.Raw, str | None, msgspec.Raw, str]:
+    return (
+        row.id,
+        _points(row.delta_hundredths),
+        row.reason,
+        _points(row.balance_after_hundredths),
+        render(row.created_at_ms),
+    )
+
+
+def seed_adjustment(row: AdjustmentRow) -> SeedAdjustment:
+    return SeedAdjustment(*_seed_fields(row))
+
+
+def adjustment(row: AdjustmentRow) -> Adjustment:
+    return Adjustment(*_seed_fields(row), row.created_by)
+
+
+def balance(row: BalanceRow) -> Balance:
+    return Balance(
+        row.customer_id, _points(row.balance_hundredths), render_optional(row.updated_at_ms)
+    )

@@ -6,11 +6,11 @@ import time
 from collections.abc import Callable
 
 from loyalty.db import Database
-from loyalty.ledger import repository
+from loyalty.ledger import invariants
 
 _ALL_CHECKS = {
-    **repository.SEQUENCE_CHECK_NAMES,
-    **repository.BALANCE_CHECK_NAMES,
+    **invariants.SEQUENCE_CHECK_NAMES,
+    **invariants.BALANCE_CHECK_NAMES,
     "orphans": "every customer has one balance row, and every adjustment a customer",
 }
 
@@ -20,9 +20,9 @@ async def verify(db: Database, say: Callable[[str], None]) -> bool:
     started = time.monotonic()
     # One snapshot: adjustments committed while this runs are either all seen or not at all.
     async with db.read(snapshot=True) as conn:
-        customers, adjustments = await repository.count_ledger(conn)
+        customers, adjustments = await invariants.count_ledger(conn)
         say(f"checking {adjustments} adjustments of {customers} customers ...")
-        violations = await repository.invariant_violations(conn, db.dialect)
+        violations = await invariants.invariant_violations(conn)
     failed = 0
     for name, description in _ALL_CHECKS.items():
         count, samples = violations[name]

@@ -1,0 +1,111 @@
+"""The ledger's invariants (SPEC section 6) as SQL, for `loyalty verify`. Never commits.
+
+Each check counts the rows that break one invariant, and names up to 10 of the customers
+concerned. They read the whole ledger: they belong to verify, never to a request.
+"""
+
+from __future__ import annotations
+
+from loyalty.db import Connection
+
+_SEQUENCE_CHECKS = """
+WITH walk AS (
+    SELECT customer_id, seq, delta_hundredths AS delta, balance_after_hundredths AS after,
+           created_at_ms AS created, id {collate} AS id,
+           LAG(balance_after_hundredths, 1, 0) OVER w AS previous_after,
+           LAG(created_at_ms) OVER w AS previous_created,
+           LAG(id {collate}) OVER w AS previous_id,
+           ROW_NUMBER() OVER w AS position
+    FROM loyalty_adjustments
+    WINDOW w AS (PARTITION BY customer_id ORDER BY seq)
+)
+SELECT customer_id,
+       CASE WHEN after <> previous_after + delta THEN 1 ELSE 0 END AS broken_chain,
+       CASE WHEN seq <> position THEN 1 ELSE 0 END AS broken_seq,
+       CASE WHEN created < previous_created THEN 1 ELSE 0 END AS created_decreases,
+       CASE WHEN id <= previous_id THEN 1 ELSE 0 END AS id_not_increasing,
+       CASE WHEN delta = 0 THEN 1 ELSE 0 END AS zero_delta
+FROM walk
+"""
+
+_BALANCE_CHECKS = """
+SELECT b.customer_id,
+       CASE WHEN b.balance_hundredths <> coalesce(t.total, 0) THEN 1 ELSE 0 END AS sum_differs,
+       CASE WHEN b.last_seq <> coalesce(t.n, 0) OR coalesce(t.max_seq, 0) <> b.last_seq
+            THEN 1 ELSE 0 END AS count_differs,
+       CASE WHEN b.last_seq = 0 AND (b.balance_hundredths <> 0
+                  OR b.last_adjustment_id IS NOT NULL OR b.updated_at_ms IS NOT NULL)
+            THEN 1
+            WHEN b.last_seq > 0 AND (last.id IS NULL
+                  OR last.balance_after_hundredths <> b.balance_hundredths
+                  OR last.id <> b.last_adjustment_id
+                  OR last.created_at_ms <> b.updated_at_ms)
+            THEN 1 ELSE 0 END AS tip_differs
+FROM loyalty_balances b
+LEFT JOIN (
+    SELECT customer_id, count(*) AS n, sum(delta_hundredths) AS total, max(seq) AS max_seq
+    FROM loyalty_adjustments GROUP BY customer_id
+) t ON t.customer_id = b.customer_id
+LEFT JOIN loyalty_adjustments last
+       ON last.customer_id = b.customer_id AND last.seq = b.last_seq
+"""
+
+_ORPHAN_CHECKS = """
+SELECT c.id AS customer_id, 'customer without a balance row' AS problem
+FROM customers c LEFT JOIN loyalty_balances b ON b.customer_id = c.id
+WHERE b.customer_id IS NULL
+UNION ALL
+SELECT DISTINCT a.customer_id, 'adjustments without a balance row'
+FROM loyalty_adjustments a LEFT JOIN loyalty_balances b ON b.customer_id = a.customer_id
+WHERE b.customer_id IS NULL
+"""
+
+# Each check's name, and what holds when no row breaks it.
+SEQUENCE_CHECK_NAMES = {
+    "broken_chain": "each balance_after is the previous balance_after plus its delta",
+    "broken_seq": "each customer's sequence runs 1, 2, 3, ... without gaps",
+    "created_decreases": "created_at never decreases along a sequence",
+    "id_not_increasing": "ids strictly increase along a sequence",
+    "zero_delta": "no delta is zero",
+}
+BALANCE_CHECK_NAMES = {
+    "sum_differs": "each balance equals the exact sum of its deltas",
+    "count_differs": "each balance row counts its customer's adjustments",
+    "tip_differs": "each balance row matches its last adjustment (balance, id, time)",
+}
+_SAMPLE_MAX = 10
+
+
+async def count_ledger(conn: Connection) -> tuple[int, int]:
+    customers = await conn.fetchval("SELECT count(*) FROM customers")
+    adjustments = await conn.fetchval("SELECT count(*) FROM loyalty_adjustments")
+    return int(customers), int(adjustments)
+
+
+async def invariant_violations(conn: Connection) -> dict[str, tuple[int, list[str]]]:
+    """For each check: how many rows break it, and some of the customers concerned.
+
+    One pass over the ledger for the sequence checks and one for the balance checks; the
+    customers are looked up only for checks that failed.
+    """
+    collate = 'COLLATE "C"' if conn.dialect == "postgresql" else ""
+    found: dict[str, tuple[int, list[str]]] = {}
+    for query, names in (
+        (_SEQUENCE_CHECKS.format(collate=collate), list(SEQUENCE_CHECK_NAMES)),
+        (_BALANCE_CHECKS, list(BALANCE_CHECK_NAMES)),
+    ):
+        sums = ", ".join(f"coalesce(sum({name}), 0)" for name in names)
+        totals = await conn.fetchrow(f"SELECT {sums} FROM ({query}) q")
+        for index, name in enumerate(names):
+            count = int(totals[index]) if totals is not None else 0
+            samples: list[str] = []
+            if count:
+                rows = await conn.fetch(
+                    f"SELECT DISTINCT customer_id FROM ({query}) q WHERE {name} = 1"
+                    f" ORDER BY customer_id LIMIT {_SAMPLE_MAX}"
+                )
+                samples = [row[0] for row in rows]
+            found[name] = (count, samples)
+    orphans = await conn.fetch(_ORPHAN_CHECKS)
+    found["orphans"] = (len(orphans), [f"{row[0]} ({row[1]})" for row in orphans[:_SAMPLE_MAX]])
+    return found
