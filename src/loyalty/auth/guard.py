@@ -48,9 +48,8 @@ class Caller:
     scopes: frozenset[str]
 
 
-def require(scopes: frozenset[str], scope: str) -> None:
-    if scope not in scopes:
-        raise Forbidden(f"Missing required scope: {scope}")
+def missing_scope(scopes: frozenset[str], scope: str) -> Forbidden | None:
+    return None if scope in scopes else Forbidden(f"Missing required scope: {scope}")
 
 
 def refusal(stored_scopes: str | None, scope: str) -> LoyaltyError | None:
@@ -58,11 +57,7 @@ def refusal(stored_scopes: str | None, scope: str) -> LoyaltyError | None:
     may not act with `scope`; None when it may."""
     if stored_scopes is None:
         return Unauthorized()
-    try:
-        require(parse_scopes(stored_scopes), scope)
-    except Forbidden as error:
-        return error
-    return None
+    return missing_scope(parse_scopes(stored_scopes), scope)
 
 
 async def confirm(
@@ -104,7 +99,9 @@ class Guard:
         """The request's credentials, checked without the database (401), holding `scope`
         (403). The caller must `confirm` the claim in its own transaction."""
         claim = self._verified(request)
-        require(claim.scopes, scope)
+        problem = missing_scope(claim.scopes, scope)
+        if problem is not None:
+            raise problem
         return claim
 
     async def caller(self, request: Request, scope: str) -> Caller:
@@ -115,11 +112,10 @@ class Guard:
             raise RuntimeError("the guard was used before the worker opened it")
         async with self._db.read() as conn:
             stored = await repository.find_user_scopes(conn, claim.actor_id)
-        if stored is None:
-            raise Unauthorized()
-        scopes = parse_scopes(stored)
-        require(scopes, scope)
-        return Caller(claim.actor_id, scopes)
+        problem = refusal(stored, scope)
+        if problem is not None or stored is None:
+            raise problem or Unauthorized()
+        return Caller(claim.actor_id, parse_scopes(stored))
 
     def _verified(self, request: Request) -> TokenClaim:
         authorization = request.headers.get("authorization")
