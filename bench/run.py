@@ -43,6 +43,7 @@ from common import (
     CUSTOMER_COUNT,
     HOT_CUSTOMER,
     customer_id,
+    percentile,
     psql,
     sqlite_connect,
 )
@@ -552,12 +553,6 @@ VACUUM ANALYZE;
 
 
 Backend = SqliteBackend | PostgresBackend
-
-
-def percentile(ordered: list[int], fraction: float) -> int:
-    if not ordered:
-        return 0
-    return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))]
 
 
 # --------------------------------------------------------------------------- the service
