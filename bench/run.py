@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
@@ -38,27 +38,28 @@ from urllib.parse import urlsplit, urlunsplit
 
 import bulk_load
 import httpx
-from common import (
-    BIG_CUSTOMER,
-    CUSTOMER_COUNT,
-    HOT_CUSTOMER,
-    customer_id,
-    percentile,
-    psql,
-    sqlite_connect,
+from common import CUSTOMER_COUNT, customer_id, percentile, psql, sqlite_connect
+from scenarios import (
+    FULL_DURATION_S,
+    ID_LISTS,
+    MANY,
+    QUICK_DURATION_S,
+    RAW_WARMUP,
+    S5_SCENARIOS,
+    WARMUP,
+    Phase,
+    RawSpec,
+    Scenario,
+    phases,
+    raw_clients,
+    raw_specs,
+    warmup_s,
 )
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 CORES = len(os.sched_getaffinity(0))
 
-CONNECTION_COUNTS = (1, 16, 64)
-MANY = 64
-FULL_DURATION_S = 20
-QUICK_DURATION_S = 8
-WARMUP_S = 3
-QUICK_WARMUP_S = 2
-WARMUP_CONNECTIONS = 16
 WRK_THREADS = 1  # leaves the cores to the service; one wrk thread drives 64 connections
 WRK_TIMEOUT_S = 10
 PGBENCH_JOBS = 1
@@ -89,101 +90,6 @@ def say(message: str) -> None:
     tenths = round((time.monotonic() - STARTED) * 10)
     minutes, tenths = divmod(tenths, 600)
     print(f"[{minutes:3d}:{tenths // 10:02d}.{tenths % 10}] {message}", flush=True)
-
-
-# --------------------------------------------------------------------------- scenarios
-
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str  # S1 … S5
-    title: str
-    connections: int
-    script: str  # adjust.lua or balance.lua
-    customers: str  # which id list: "random" (the 1,000), "hot", "big"
-    history: bool
-    raw_work: str  # the raw-limit work it is compared with
-
-
-def s1(connections: int) -> Scenario:
-    return Scenario(
-        "S1", "adjust, random of 1,000", connections, "adjust.lua", "random", False, "adjust"
-    )
-
-
-def s2(connections: int) -> Scenario:
-    return Scenario(
-        "S2",
-        "adjust + history, random of 1,000",
-        connections,
-        "adjust.lua",
-        "random",
-        True,
-        "adjust_history",
-    )
-
-
-S3 = Scenario("S3", "adjust, one hot customer", MANY, "adjust.lua", "hot", False, "adjust_hot")
-S4 = Scenario("S4", "GET balance, random of 1,000", MANY, "balance.lua", "random", False, "balance")
-# S5: the same work on a fresh database and on one with 5,000,000 prior adjustments.
-S5_SCENARIOS = (
-    Scenario("S5", "adjust, the big customer", 1, "adjust.lua", "big", False, "adjust"),
-    Scenario(
-        "S5", "adjust + history, the big customer", 1, "adjust.lua", "big", True, "adjust_history"
-    ),
-    Scenario("S5", "adjust, random of 1,000", MANY, "adjust.lua", "random", False, "adjust"),
-    Scenario(
-        "S5",
-        "adjust + history, random of 1,000",
-        MANY,
-        "adjust.lua",
-        "random",
-        True,
-        "adjust_history",
-    ),
-)
-WARMUP = Scenario(
-    "warm-up",
-    "adjust, random of 1,000",
-    WARMUP_CONNECTIONS,
-    "adjust.lua",
-    "random",
-    False,
-    "adjust",
-)
-
-
-def main_scenarios(quick: bool) -> list[Scenario]:
-    if quick:
-        return [s1(MANY), S3, S4]
-    return [*(s1(c) for c in CONNECTION_COUNTS), *(s2(c) for c in CONNECTION_COUNTS), S3, S4]
-
-
-@dataclass(frozen=True)
-class RawSpec:
-    work: str  # adjust, adjust_history, adjust_hot, balance
-    clients: int
-
-    @property
-    def customers(self) -> int:
-        return 1 if self.work == "adjust_hot" else CUSTOMER_COUNT
-
-
-def raw_specs(kind: str, quick: bool) -> list[RawSpec]:
-    if kind == "sqlite":  # one writer at a time: one loop is the most the file can do
-        works = ["adjust", "adjust_hot"]
-        if not quick:
-            works = ["adjust", "adjust_history", "adjust_hot", "balance"]
-        return [RawSpec(work, 1) for work in works]
-    if quick:
-        return [RawSpec("adjust", MANY), RawSpec("adjust_hot", MANY)]
-    return [
-        *(RawSpec("adjust", c) for c in CONNECTION_COUNTS),
-        *(RawSpec("adjust_history", c) for c in CONNECTION_COUNTS),
-        RawSpec("adjust_hot", 1),  # one row's serial limit, for reference
-        RawSpec("adjust_hot", MANY),
-        RawSpec("balance", MANY),
-    ]
 
 
 # --------------------------------------------------------------------------- results
@@ -378,7 +284,6 @@ class SqliteBackend:
             conn.close()
 
     def raw(self, url: str, spec: RawSpec, duration_s: int, workdir: Path) -> RawResult:
-        work = "adjust" if spec.work == "adjust_hot" else spec.work
         done = subprocess.run(
             [
                 sys.executable,
@@ -386,7 +291,7 @@ class SqliteBackend:
                 "--db",
                 self._path(url),
                 "--work",
-                work,
+                spec.script,
                 "--customers",
                 str(spec.customers),
                 "--duration",
@@ -501,7 +406,6 @@ VACUUM ANALYZE;
         )
 
     def raw(self, url: str, spec: RawSpec, duration_s: int, workdir: Path) -> RawResult:
-        script = {"adjust_hot": "adjust"}.get(spec.work, spec.work)
         prefix = workdir / f"pgbench-{spec.work}-{spec.clients}"
         args = [
             "pgbench",
@@ -510,7 +414,7 @@ VACUUM ANALYZE;
             f"--client={spec.clients}",
             f"--jobs={PGBENCH_JOBS}",
             f"--time={duration_s}",
-            f"--file={BENCH_DIR / 'pgbench' / (script + '.sql')}",
+            f"--file={BENCH_DIR / 'pgbench' / (spec.script + '.sql')}",
             f"--define=customers={spec.customers}",
             "--log",
             f"--log-prefix={prefix}",
@@ -776,20 +680,15 @@ class Run:
         self.files = self._write_id_files()
 
     def _write_id_files(self) -> dict[str, Path]:
-        files = {
-            "random": self.workdir / "ids-random.txt",
-            "hot": self.workdir / "ids-hot.txt",
-            "big": self.workdir / "ids-big.txt",
-            "token": self.workdir / f"token-{self.backend.kind}.txt",
-        }
-        files["random"].write_text("".join(f"{customer_id(i)}\n" for i in range(CUSTOMER_COUNT)))
-        files["hot"].write_text(f"{HOT_CUSTOMER}\n")
-        files["big"].write_text(f"{BIG_CUSTOMER}\n")
+        files = {"token": self.workdir / f"token-{self.backend.kind}.txt"}
+        for name, ids in ID_LISTS.items():
+            files[name] = self.workdir / f"ids-{name}.txt"
+            files[name].write_text("".join(f"{cid}\n" for cid in ids))
         return files
 
     @property
     def warmup_s(self) -> int:
-        return min(QUICK_WARMUP_S if self.args.quick else WARMUP_S, self.args.duration)
+        return warmup_s(self.args.quick, self.args.duration)
 
     def loyalty(
         self, url: str, *command: str, timeout: float = 600
@@ -852,7 +751,7 @@ class Run:
                 raise RuntimeError(f"loyalty db migrate failed: {migrated.stderr[-2000:]}")
             self.backend.seed_customers(url)
             say(f"{kind}: raw limit warm-up ({self.warmup_s}s)")
-            self.backend.raw(url, RawSpec("adjust", 1), self.warmup_s, self.workdir)
+            self.backend.raw(url, RAW_WARMUP, self.warmup_s, self.workdir)
             for spec in raw_specs(kind, self.args.quick):
                 raw = self.backend.raw(url, spec, self.args.duration, self.workdir)
                 self.result.raw_limits.append(raw)
@@ -864,14 +763,9 @@ class Run:
 
     # ---- service phases
 
-    def service_phase(
-        self,
-        phase: str,
-        scenarios: list[Scenario],
-        extra_customers: list[str],
-        preload: Callable[[str], None] | None = None,
-    ) -> None:
+    def service_phase(self, spec: Phase) -> None:
         kind = self.backend.kind
+        phase = spec.name
         url = self.backend.new_database(phase)
         service = Service(url, self.workdir, f"{kind}-{phase}", self.secret, self.password)
         answered = 0  # 2xx answers to adjustments, counted by wrk
@@ -880,15 +774,15 @@ class Run:
             with self.result.phase(f"{phase}: start and create customers"):
                 service.start()
                 token = service.login()
-                ids = [customer_id(i) for i in range(CUSTOMER_COUNT)] + extra_customers
+                ids = [*ID_LISTS["random"], *spec.extra_customers]
                 service.create_customers(token, ids)
                 say(f"{kind} {phase}: service up on {service.base_url}, {len(ids)} customers")
             preloaded = 0
-            if preload is not None:
+            if spec.bulk_load:
                 service.stop()
                 with self.result.phase(f"{phase}: bulk load"):
                     say(f"{kind} {phase}: bulk-loading {bulk_load.TOTAL_ADJUSTMENTS:,} adjustments")
-                    preload(url)
+                    self.backend.bulk_load(url)
                     preloaded = bulk_load.TOTAL_ADJUSTMENTS
                 with self.result.phase(f"{phase}: verify after load"):
                     if not self.verify(url, f"{phase} after bulk load"):
@@ -901,14 +795,13 @@ class Run:
             with self.result.phase(f"{phase}: scenarios"):
                 warm = run_wrk(service, WARMUP, self.files, self.warmup_s, phase)
                 self.result.warmups.append(warm)
-                answered += warm.requests - warm.non2xx
-                in_flight_max += warm.connections
-                for scenario in scenarios:
+                answered += (warm.requests - warm.non2xx) * WARMUP.adjustments_per_request
+                in_flight_max += warm.connections * WARMUP.adjustments_per_request
+                for scenario in spec.scenarios:
                     m = run_wrk(service, scenario, self.files, self.args.duration, phase)
                     self.result.measurements.append(m)
-                    if scenario.script == "adjust.lua":
-                        answered += m.requests - m.non2xx
-                        in_flight_max += m.connections
+                    answered += (m.requests - m.non2xx) * scenario.adjustments_per_request
+                    in_flight_max += m.connections * scenario.adjustments_per_request
                     say(
                         f"{kind} {phase}: {m.scenario} {m.title}, c={m.connections}:"
                         f" {m.rps:,.0f} req/s, p50 {m.p50_ms:.2f} ms, p99 {m.p99_ms:.2f} ms,"
@@ -958,13 +851,8 @@ class Run:
         if kind == "postgresql":
             self.result.versions["pgbench"] = first_line(["pgbench", "--version"])
         self.raw_limits()
-        self.service_phase("main", main_scenarios(self.args.quick), [HOT_CUSTOMER])
-        if self.args.quick or self.args.skip_s5:
-            return
-        self.service_phase("s5-fresh", list(S5_SCENARIOS), [BIG_CUSTOMER])
-        self.service_phase(
-            "s5-loaded", list(S5_SCENARIOS), [BIG_CUSTOMER], preload=self.backend.bulk_load
-        )
+        for phase in phases(self.args.quick, self.args.skip_s5):
+            self.service_phase(phase)
 
 
 # --------------------------------------------------------------------------- analysis
@@ -974,8 +862,7 @@ def analyse(result: DatabaseRun) -> None:
     """Fills in the ratios to the raw limit, the S5 comparison and the targets' verdicts."""
     raw = {(r.work, r.clients): r for r in result.raw_limits}
     for m in result.measurements:
-        clients = 1 if result.database == "sqlite" else m.connections
-        match = raw.get((m.raw_work, clients))
+        match = raw.get((m.raw_work, raw_clients(result.database, m.connections)))
         if match is not None and match.tps > 0:
             m.raw_rps = match.tps
             m.ratio = round(m.rps / match.tps, 3)
