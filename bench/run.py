@@ -21,7 +21,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import traceback
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -39,6 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 import bulk_load
 import httpx
 from common import CUSTOMER_COUNT, customer_id, percentile, psql, sqlite_connect
+from results import DatabaseRun, Measurement, RawResult
 from scenarios import (
     FULL_DURATION_S,
     ID_LISTS,
@@ -55,10 +55,21 @@ from scenarios import (
     raw_specs,
     warmup_s,
 )
+from tools import (
+    CORES,
+    background_cpu_percent,
+    ensure_tools,
+    first_line,
+    free_port,
+    loyalty_command,
+    loyalty_env,
+    run_loyalty,
+    run_measuring_tool,
+    say,
+)
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
-CORES = len(os.sched_getaffinity(0))
 
 WRK_THREADS = 1  # leaves the cores to the service; one wrk thread drives 64 connections
 WRK_TIMEOUT_S = 10
@@ -66,6 +77,7 @@ PGBENCH_JOBS = 1
 STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 45.0
 VERIFY_TIMEOUT_S = 3600
+LOYALTY_TIMEOUT_S = 600
 VERIFY_ATTEMPTS = 3
 VERIFY_UNAVAILABLE_EXIT = 2
 CUSTOMER_CREATORS = 8
@@ -80,148 +92,7 @@ P99_OVER_P50_MAX = 4.0
 S5_P50_RATIO_MAX = 1.2
 WORKER_PEAK_MB_MAX = 150.0
 
-BACKGROUND_SAMPLE_S = 1.0
 BACKGROUND_CPU_WARN_PERCENT = 10.0
-
-STARTED = time.monotonic()
-
-
-def say(message: str) -> None:
-    tenths = round((time.monotonic() - STARTED) * 10)
-    minutes, tenths = divmod(tenths, 600)
-    print(f"[{minutes:3d}:{tenths // 10:02d}.{tenths % 10}] {message}", flush=True)
-
-
-# --------------------------------------------------------------------------- results
-
-
-@dataclass
-class Measurement:
-    phase: str  # main, s5-fresh, s5-loaded, warm-up
-    scenario: str
-    title: str
-    connections: int
-    seconds: float
-    requests: int
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    non2xx: int
-    socket_errors: int
-    raw_work: str
-    raw_rps: float | None = None
-    ratio: float | None = None
-    worker_peak_mb: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class RawResult:
-    tool: str
-    work: str
-    clients: int
-    customers: int
-    seconds: float
-    transactions: int
-    failed: int
-    tps: float
-    p50_ms: float
-    p99_ms: float
-
-
-@dataclass
-class DatabaseRun:
-    database: str
-    mode: str
-    duration_s: int
-    started_at: str
-    workers: int
-    measurements: list[Measurement] = field(default_factory=list)
-    warmups: list[Measurement] = field(default_factory=list)
-    raw_limits: list[RawResult] = field(default_factory=list)
-    verify: list[dict[str, Any]] = field(default_factory=list)
-    ledger_counts: list[dict[str, Any]] = field(default_factory=list)
-    phases_s: dict[str, float] = field(default_factory=dict)
-    versions: dict[str, str] = field(default_factory=dict)
-    targets: list[dict[str, Any]] = field(default_factory=list)
-    s5: list[dict[str, Any]] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    # CPU used by other processes while the harness itself was idle: noise in the numbers.
-    background_cpu_percent: dict[str, float] = field(default_factory=dict)
-
-    def sample_background(self, moment: str) -> None:
-        busy = background_cpu_percent()
-        self.background_cpu_percent[moment] = busy
-        if busy > BACKGROUND_CPU_WARN_PERCENT:
-            say(f"{self.database}: warning: the machine was {busy:.0f}% busy before {moment}")
-
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        started = time.monotonic()
-        try:
-            yield
-        finally:
-            self.phases_s[name] = round(
-                self.phases_s.get(name, 0.0) + time.monotonic() - started, 1
-            )
-
-
-# --------------------------------------------------------------------------- tools
-
-
-def ensure_tools(need_postgresql: bool) -> None:
-    """Installs wrk (and pgbench / psql) from Debian's packages when they are missing."""
-    packages = []
-    if shutil.which("wrk") is None:
-        packages.append("wrk")
-    if need_postgresql and not all(shutil.which(t) for t in ("pgbench", "psql", "pg_isready")):
-        packages.append("postgresql-client")
-    if not packages:
-        return
-    sudo = [] if os.geteuid() == 0 else ["sudo"]
-    if sudo and shutil.which("sudo") is None:
-        raise RuntimeError(f"missing {', '.join(packages)}: install them with apt-get")
-    say(f"installing {', '.join(packages)} with apt-get ...")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", *packages], check=True, env=env)
-
-
-def loyalty_command() -> str:
-    beside = Path(sys.executable).parent / "loyalty"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("loyalty")
-    if found is None:
-        raise RuntimeError("the `loyalty` command is not installed (run `make bench`)")
-    return found
-
-
-def first_line(args: list[str]) -> str:
-    done = subprocess.run(args, capture_output=True, text=True, check=False, timeout=30)
-    return (done.stdout or done.stderr).strip().splitlines()[0]
-
-
-def background_cpu_percent() -> float:
-    """How busy all cores are over one second (call it while the harness runs nothing)."""
-
-    def counters() -> tuple[int, int]:
-        values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        idle = values[3] + values[4]  # idle + iowait
-        return sum(values[:8]), idle
-
-    total_0, idle_0 = counters()
-    time.sleep(BACKGROUND_SAMPLE_S)
-    total_1, idle_1 = counters()
-    total = total_1 - total_0
-    return round(100.0 * (1 - (idle_1 - idle_0) / total), 1) if total > 0 else 0.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
 
 # --------------------------------------------------------------------------- databases
 
@@ -284,7 +155,7 @@ class SqliteBackend:
             conn.close()
 
     def raw(self, url: str, spec: RawSpec, duration_s: int, workdir: Path) -> RawResult:
-        done = subprocess.run(
+        output = run_measuring_tool(
             [
                 sys.executable,
                 str(BENCH_DIR / "sqlite_loop.py"),
@@ -297,14 +168,10 @@ class SqliteBackend:
                 "--duration",
                 str(duration_s),
             ],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=duration_s + 120,
+            "sqlite_loop.py",
+            duration_s,
         )
-        if done.returncode != 0:
-            raise RuntimeError(f"sqlite_loop.py failed: {done.stderr.strip()[-2000:]}")
-        out = json.loads(done.stdout.strip().splitlines()[-1])
+        out = json.loads(output.strip().splitlines()[-1])
         return RawResult(
             self.raw_tool,
             spec.work,
@@ -420,14 +287,10 @@ VACUUM ANALYZE;
             f"--log-prefix={prefix}",
             url,
         ]
-        done = subprocess.run(
-            args, capture_output=True, text=True, check=False, timeout=duration_s + 120
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"pgbench failed ({done.returncode}): {done.stderr[-2000:]}")
-        tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", done.stdout)
+        output = run_measuring_tool(args, "pgbench", duration_s)
+        tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", output)
         if tps is None:
-            raise RuntimeError(f"pgbench printed no tps:\n{done.stdout[-2000:]}")
+            raise RuntimeError(f"pgbench printed no tps:\n{output[-2000:]}")
         latencies_us: list[int] = []
         failed = 0
         for log in workdir.glob(f"{prefix.name}.*"):
@@ -468,8 +331,7 @@ class Service:
     running: list[Service] = []  # noqa: RUF012  (stopped on any exit)
 
     def __init__(self, database_url: str, workdir: Path, label: str, secret: str, password: str):
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALTY_")}
-        self.env.update(
+        self.env = loyalty_env(
             LOYALTY_DATABASE_URL=database_url,
             LOYALTY_ADMIN_EMAIL=ADMIN_EMAIL,
             LOYALTY_ADMIN_PASSWORD=password,
@@ -637,12 +499,7 @@ def run_wrk(
     ]
     if scenario.history:
         args.append("history")
-    done = subprocess.run(
-        args, capture_output=True, text=True, check=False, timeout=duration_s + 120
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr[-2000:]}")
-    result = parse_wrk(done.stdout)
+    result = parse_wrk(run_measuring_tool(args, "wrk", duration_s))
     return Measurement(
         phase=phase,
         scenario=scenario.name,
@@ -691,18 +548,26 @@ class Run:
         return warmup_s(self.args.quick, self.args.duration)
 
     def loyalty(
-        self, url: str, *command: str, timeout: float = 600
+        self, url: str, *command: str, timeout_s: float = LOYALTY_TIMEOUT_S
     ) -> subprocess.CompletedProcess[str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALTY_")}
-        env.update(LOYALTY_DATABASE_URL=url, LOYALTY_JWT_SECRET=self.secret)
-        return subprocess.run(
-            [loyalty_command(), *command],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=timeout,
-        )
+        env = loyalty_env(LOYALTY_DATABASE_URL=url, LOYALTY_JWT_SECRET=self.secret)
+        return run_loyalty(env, *command, timeout_s=timeout_s)
+
+    def sample_background(self, moment: str) -> None:
+        busy = background_cpu_percent()
+        self.result.background_cpu_percent[moment] = busy
+        if busy > BACKGROUND_CPU_WARN_PERCENT:
+            say(f"{self.backend.kind}: warning: the machine was {busy:.0f}% busy before {moment}")
+
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        """Adds the time the block takes to the phase's entry in the results."""
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            phases_s = self.result.phases_s
+            phases_s[phase] = round(phases_s.get(phase, 0.0) + time.monotonic() - started, 1)
 
     def verify(self, url: str, phase: str) -> bool:
         """`loyalty verify` must exit 0. Exit 2 ("the database is unavailable") is not a
@@ -714,7 +579,7 @@ class Run:
         for attempt in range(1, VERIFY_ATTEMPTS + 1):
             say(f"{self.backend.kind}: loyalty verify ({phase}), attempt {attempt} ...")
             started = time.monotonic()
-            done = self.loyalty(url, "verify", timeout=VERIFY_TIMEOUT_S)
+            done = self.loyalty(url, "verify", timeout_s=VERIFY_TIMEOUT_S)
             elapsed = round(time.monotonic() - started, 1)
             lines = (done.stdout + done.stderr).strip().splitlines()
             self.result.verify.append(
@@ -743,8 +608,8 @@ class Run:
 
     def raw_limits(self) -> None:
         kind = self.backend.kind
-        self.result.sample_background("raw limit")
-        with self.result.phase("raw limit"):
+        self.sample_background("raw limit")
+        with self.timed("raw limit"):
             url = self.backend.new_database("raw")
             migrated = self.loyalty(url, "db", "migrate")
             if migrated.returncode != 0:
@@ -771,7 +636,7 @@ class Run:
         answered = 0  # 2xx answers to adjustments, counted by wrk
         in_flight_max = 0  # requests that may have been served after wrk stopped counting
         try:
-            with self.result.phase(f"{phase}: start and create customers"):
+            with self.timed(f"{phase}: start and create customers"):
                 service.start()
                 token = service.login()
                 ids = [*ID_LISTS["random"], *spec.extra_customers]
@@ -780,19 +645,19 @@ class Run:
             preloaded = 0
             if spec.bulk_load:
                 service.stop()
-                with self.result.phase(f"{phase}: bulk load"):
+                with self.timed(f"{phase}: bulk load"):
                     say(f"{kind} {phase}: bulk-loading {bulk_load.TOTAL_ADJUSTMENTS:,} adjustments")
                     self.backend.bulk_load(url)
                     preloaded = bulk_load.TOTAL_ADJUSTMENTS
-                with self.result.phase(f"{phase}: verify after load"):
+                with self.timed(f"{phase}: verify after load"):
                     if not self.verify(url, f"{phase} after bulk load"):
                         raise RuntimeError("the bulk-loaded database does not pass loyalty verify")
-                with self.result.phase(f"{phase}: start and create customers"):
+                with self.timed(f"{phase}: start and create customers"):
                     service.start()
                     token = service.login()
             self.files["token"].write_text(token + "\n")
-            self.result.sample_background(phase)
-            with self.result.phase(f"{phase}: scenarios"):
+            self.sample_background(phase)
+            with self.timed(f"{phase}: scenarios"):
                 warm = run_wrk(service, WARMUP, self.files, self.warmup_s, phase)
                 self.result.warmups.append(warm)
                 answered += (warm.requests - warm.non2xx) * WARMUP.adjustments_per_request
@@ -815,7 +680,7 @@ class Run:
             ) from error
         finally:
             service.stop()
-        with self.result.phase(f"{phase}: verify"):
+        with self.timed(f"{phase}: verify"):
             self.verify(url, phase)
             recorded = self.backend.count_adjustments(url) - preloaded
         # Every 2xx must be recorded; at most the requests in flight when wrk stopped may be
