@@ -33,12 +33,12 @@ from contextlib import contextmanager, suppress
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import bulk_load
 import httpx
-from common import CUSTOMER_COUNT, customer_id, percentile, psql, sqlite_connect
-from results import DatabaseRun, Measurement, RawResult
+from backends import DEFAULT_PG_URL, LOOPBACK_HOSTS, Backend, create_backend
+from results import DatabaseRun, Measurement
 from scenarios import (
     FULL_DURATION_S,
     ID_LISTS,
@@ -48,7 +48,6 @@ from scenarios import (
     S5_SCENARIOS,
     WARMUP,
     Phase,
-    RawSpec,
     Scenario,
     phases,
     raw_clients,
@@ -56,6 +55,7 @@ from scenarios import (
     warmup_s,
 )
 from tools import (
+    BENCH_DIR,
     CORES,
     background_cpu_percent,
     ensure_tools,
@@ -68,12 +68,10 @@ from tools import (
     say,
 )
 
-BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 
 WRK_THREADS = 1  # leaves the cores to the service; one wrk thread drives 64 connections
 WRK_TIMEOUT_S = 10
-PGBENCH_JOBS = 1
 STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 45.0
 VERIFY_TIMEOUT_S = 3600
@@ -83,8 +81,6 @@ VERIFY_UNAVAILABLE_EXIT = 2
 CUSTOMER_CREATORS = 8
 
 ADMIN_EMAIL = "bench@example.com"
-DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 # The targets of the issue, as ratios measured in the same run.
 RATIO_MIN = 0.5
@@ -93,234 +89,6 @@ S5_P50_RATIO_MAX = 1.2
 WORKER_PEAK_MB_MAX = 150.0
 
 BACKGROUND_CPU_WARN_PERCENT = 10.0
-
-# --------------------------------------------------------------------------- databases
-
-
-class SqliteBackend:
-    kind = "sqlite"
-    raw_tool = "sqlite3 loop"
-
-    def __init__(self, workdir: Path) -> None:
-        self.dir = workdir / "sqlite"
-        self.dir.mkdir(parents=True, exist_ok=True)
-
-    def new_database(self, label: str) -> str:
-        path = self.dir / f"{label}.db"
-        self.drop(f"sqlite:///{path}")
-        return f"sqlite:///{path}"
-
-    @staticmethod
-    def _path(url: str) -> str:
-        return url.removeprefix("sqlite:///")
-
-    def drop(self, url: str) -> None:
-        path = self._path(url)
-        for suffix in ("", "-wal", "-shm", ".migrate-lock"):
-            with suppress(FileNotFoundError):
-                os.remove(path + suffix)
-
-    def drop_all(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def server_version(self) -> str:
-        return f"SQLite {sqlite3.sqlite_version}"
-
-    def count_adjustments(self, url: str) -> int:
-        conn = sqlite_connect(self._path(url))
-        try:
-            return int(conn.execute("SELECT count(*) FROM loyalty_adjustments").fetchone()[0])
-        finally:
-            conn.close()
-
-    def seed_customers(self, url: str) -> None:
-        """The raw limit's customers, balance rows at zero, written directly."""
-        conn = sqlite_connect(self._path(url))
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for index in range(CUSTOMER_COUNT):
-                cid = customer_id(index)
-                conn.execute(
-                    "INSERT INTO customers (id, email, email_key, created_at_ms, updated_at_ms)"
-                    " VALUES (?, ?, ?, 0, 0)",
-                    (cid, f"{cid}@example.com", f"{cid}@example.com"),
-                )
-                conn.execute(
-                    "INSERT INTO loyalty_balances (customer_id, balance_hundredths, last_seq)"
-                    " VALUES (?, 0, 0)",
-                    (cid,),
-                )
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
-
-    def raw(self, url: str, spec: RawSpec, duration_s: int, workdir: Path) -> RawResult:
-        output = run_measuring_tool(
-            [
-                sys.executable,
-                str(BENCH_DIR / "sqlite_loop.py"),
-                "--db",
-                self._path(url),
-                "--work",
-                spec.script,
-                "--customers",
-                str(spec.customers),
-                "--duration",
-                str(duration_s),
-            ],
-            "sqlite_loop.py",
-            duration_s,
-        )
-        out = json.loads(output.strip().splitlines()[-1])
-        return RawResult(
-            self.raw_tool,
-            spec.work,
-            spec.clients,
-            spec.customers,
-            out["seconds"],
-            out["transactions"],
-            0,
-            out["tps"],
-            out["p50_ms"],
-            out["p99_ms"],
-        )
-
-    def bulk_load(self, url: str) -> None:
-        bulk_load.load_sqlite(self._path(url), lambda line: say(f"  {line}"))
-
-
-class PostgresBackend:
-    kind = "postgresql"
-    raw_tool = "pgbench"
-
-    def __init__(self, admin_url: str, run_id: str) -> None:
-        parts = urlsplit(admin_url)
-        if parts.hostname not in LOOPBACK_HOSTS:
-            raise RuntimeError(f"PostgreSQL must be on a loopback address, not {parts.hostname}")
-        self.admin_url = admin_url
-        self.run_id = run_id
-        self.names: list[str] = []
-
-    def _url(self, name: str) -> str:
-        parts = urlsplit(self.admin_url)
-        return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
-
-    def ensure_running(self) -> None:
-        """Starts the local cluster when it is down (as .ci/run does), then waits for it."""
-        parts = urlsplit(self.admin_url)
-        ready = ["pg_isready", "-q", "-h", parts.hostname or "127.0.0.1", "-p"]
-        ready.append(str(parts.port or 5432))
-        if subprocess.run(ready, check=False).returncode == 0:
-            return
-        clusters = Path("/etc/postgresql")
-        local_default = (parts.port or 5432) == 5432
-        if (
-            local_default
-            and shutil.which("pg_ctlcluster")
-            and clusters.is_dir()
-            and not os.geteuid()
-        ):
-            version = sorted(p.name for p in clusters.iterdir())[-1]
-            say(f"PostgreSQL is down: starting cluster {version}/main")
-            subprocess.run(
-                ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"],
-                check=False,
-            )
-            for _ in range(30):
-                if subprocess.run(ready, check=False).returncode == 0:
-                    return
-                time.sleep(1)
-        raise RuntimeError(f"PostgreSQL does not answer at {parts.hostname}:{parts.port}")
-
-    def new_database(self, label: str) -> str:
-        name = f"loyalty_bench_{self.run_id}_{label.replace('-', '_')}"
-        psql(self.admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE);')
-        psql(self.admin_url, f'CREATE DATABASE "{name}";')
-        self.names.append(name)
-        return self._url(name)
-
-    def drop(self, url: str) -> None:
-        name = urlsplit(url).path.lstrip("/")
-        psql(self.admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE);')
-        if name in self.names:
-            self.names.remove(name)
-
-    def drop_all(self) -> None:
-        for name in list(self.names):
-            try:
-                self.drop(self._url(name))
-            except (RuntimeError, OSError, subprocess.SubprocessError) as error:
-                say(f"could not drop database {name}: {error}")
-
-    def server_version(self) -> str:
-        return psql(self.admin_url, "SHOW server_version;").strip()
-
-    def count_adjustments(self, url: str) -> int:
-        return int(psql(url, "SELECT count(*) FROM loyalty_adjustments;"))
-
-    def seed_customers(self, url: str) -> None:
-        psql(
-            url,
-            f"""
-INSERT INTO customers (id, email, email_key, created_at_ms, updated_at_ms)
-SELECT 'cus_bench_' || lpad(k::text, 4, '0'), 'cus_bench_' || lpad(k::text, 4, '0')
-       || '@example.com', 'cus_bench_' || lpad(k::text, 4, '0') || '@example.com', 0, 0
-  FROM generate_series(0, {CUSTOMER_COUNT - 1}) AS k;
-INSERT INTO loyalty_balances (customer_id, balance_hundredths, last_seq)
-SELECT id, 0, 0 FROM customers;
-VACUUM ANALYZE;
-""",
-        )
-
-    def raw(self, url: str, spec: RawSpec, duration_s: int, workdir: Path) -> RawResult:
-        prefix = workdir / f"pgbench-{spec.work}-{spec.clients}"
-        args = [
-            "pgbench",
-            "--no-vacuum",
-            "--protocol=prepared",
-            f"--client={spec.clients}",
-            f"--jobs={PGBENCH_JOBS}",
-            f"--time={duration_s}",
-            f"--file={BENCH_DIR / 'pgbench' / (spec.script + '.sql')}",
-            f"--define=customers={spec.customers}",
-            "--log",
-            f"--log-prefix={prefix}",
-            url,
-        ]
-        output = run_measuring_tool(args, "pgbench", duration_s)
-        tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", output)
-        if tps is None:
-            raise RuntimeError(f"pgbench printed no tps:\n{output[-2000:]}")
-        latencies_us: list[int] = []
-        failed = 0
-        for log in workdir.glob(f"{prefix.name}.*"):
-            for line in log.read_text().splitlines():
-                fields = line.split()
-                if len(fields) >= 3 and fields[2].isdigit():
-                    latencies_us.append(int(fields[2]))
-                elif fields:
-                    failed += 1
-            log.unlink()
-        latencies_us.sort()
-        return RawResult(
-            self.raw_tool,
-            spec.work,
-            spec.clients,
-            spec.customers,
-            float(duration_s),
-            len(latencies_us),
-            failed,
-            round(float(tps.group(1)), 1),
-            round(percentile(latencies_us, 0.50) / 1000, 3),
-            round(percentile(latencies_us, 0.99) / 1000, 3),
-        )
-
-    def bulk_load(self, url: str) -> None:
-        bulk_load.load_postgresql(url, lambda line: say(f"  {line}"))
-
-
-Backend = SqliteBackend | PostgresBackend
-
 
 # --------------------------------------------------------------------------- the service
 
@@ -704,17 +472,14 @@ class Run:
             self.backend.drop(url)
 
     def run(self) -> None:
-        kind = self.backend.kind
-        if isinstance(self.backend, PostgresBackend):
-            self.backend.ensure_running()
+        self.backend.ensure_running()
         self.result.versions = {
             "database": self.backend.server_version(),
             "wrk": first_line(["wrk", "--version"]).split(" [")[0].removeprefix("wrk "),
             "python": platform.python_version(),
             "sqlite3 module": sqlite3.sqlite_version,
         }
-        if kind == "postgresql":
-            self.result.versions["pgbench"] = first_line(["pgbench", "--version"])
+        self.result.versions.update(self.backend.tool_versions())
         self.raw_limits()
         for phase in phases(self.args.quick, self.args.skip_s5):
             self.service_phase(phase)
@@ -986,11 +751,7 @@ def main(argv: list[str] | None = None) -> int:
     rendered = []
     try:
         for kind in kinds:
-            backend: Backend
-            if kind == "sqlite":
-                backend = SqliteBackend(workdir)
-            else:
-                backend = PostgresBackend(args.pg_url, stamp.lower())
+            backend = create_backend(kind, workdir, args.pg_url, stamp.lower())
             run = Run(args, backend, workdir, stamp)
             try:
                 run.run()

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+BENCH_DIR = Path(__file__).resolve().parent
 STARTED = time.monotonic()
 CORES = len(os.sched_getaffinity(0))
 
