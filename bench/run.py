@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import secrets
 import shutil
 import signal
@@ -28,15 +27,13 @@ import tempfile
 import time
 import traceback
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import bulk_load
-import httpx
 from backends import DEFAULT_PG_URL, LOOPBACK_HOSTS, Backend, create_backend
 from results import DatabaseRun, Measurement
 from scenarios import (
@@ -54,33 +51,26 @@ from scenarios import (
     raw_specs,
     warmup_s,
 )
+from server import Server, stop_all
 from tools import (
     BENCH_DIR,
     CORES,
     background_cpu_percent,
     ensure_tools,
     first_line,
-    free_port,
-    loyalty_command,
     loyalty_env,
     run_loyalty,
-    run_measuring_tool,
     say,
 )
+from wrk import WRK_THREADS, run_wrk
 
 RESULTS_DIR = BENCH_DIR / "results"
 
-WRK_THREADS = 1  # leaves the cores to the service; one wrk thread drives 64 connections
-WRK_TIMEOUT_S = 10
-STARTUP_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 45.0
 VERIFY_TIMEOUT_S = 3600
 LOYALTY_TIMEOUT_S = 600
 VERIFY_ATTEMPTS = 3
 VERIFY_UNAVAILABLE_EXIT = 2
-CUSTOMER_CREATORS = 8
 
-ADMIN_EMAIL = "bench@example.com"
 
 # The targets of the issue, as ratios measured in the same run.
 RATIO_MIN = 0.5
@@ -89,201 +79,6 @@ S5_P50_RATIO_MAX = 1.2
 WORKER_PEAK_MB_MAX = 150.0
 
 BACKGROUND_CPU_WARN_PERCENT = 10.0
-
-# --------------------------------------------------------------------------- the service
-
-
-class Service:
-    """`loyalty serve` in its production configuration, in a process group of its own."""
-
-    running: list[Service] = []  # noqa: RUF012  (stopped on any exit)
-
-    def __init__(self, database_url: str, workdir: Path, label: str, secret: str, password: str):
-        self.env = loyalty_env(
-            LOYALTY_DATABASE_URL=database_url,
-            LOYALTY_ADMIN_EMAIL=ADMIN_EMAIL,
-            LOYALTY_ADMIN_PASSWORD=password,
-            LOYALTY_JWT_SECRET=secret,
-        )
-        self.log_path = workdir / f"serve-{label}.log"
-        self.password = password
-        self.process: subprocess.Popen[bytes] | None = None
-        self.port = 0
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.port = free_port()
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    *(loyalty_command(), "serve", "--host", "127.0.0.1"),
-                    *("--port", str(self.port), "--workers", str(CORES)),
-                ],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        Service.running.append(self)
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"loyalty serve exited early:\n{self.log_tail()}")
-            with suppress(httpx.HTTPError):
-                healthy = httpx.get(f"{self.base_url}/health", timeout=2).status_code == 200
-                if healthy and len(self.workers()) == CORES:
-                    return
-            time.sleep(0.2)
-        raise RuntimeError(f"loyalty serve did not become healthy:\n{self.log_tail()}")
-
-    def log_tail(self) -> str:
-        with suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-30:])
-        return ""
-
-    def workers(self) -> list[int]:
-        """The worker processes: children of `loyalty serve` started by multiprocessing."""
-        if self.process is None:
-            return []
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            if parent == self.process.pid and b"spawn_main" in cmdline:
-                found.append(int(entry.name))
-        return sorted(found)
-
-    def worker_peak_mb(self) -> dict[str, float]:
-        """Each worker's peak resident memory so far (VmHWM), in MB (10^6 bytes)."""
-        peaks = {}
-        for pid in self.workers():
-            with suppress(OSError):
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        peaks[str(pid)] = round(int(line.split()[1]) * 1024 / 1e6, 1)
-        return peaks
-
-    def login(self) -> str:
-        response = httpx.post(
-            f"{self.base_url}/admin/auth/token",
-            json={"email": ADMIN_EMAIL, "password": self.password},
-            timeout=30,
-        )
-        response.raise_for_status()
-        token: str = response.json()["token"]
-        return token
-
-    def create_customers(self, token: str, ids: list[str]) -> None:
-        headers = {"Authorization": f"Bearer {token}"}
-        with httpx.Client(base_url=self.base_url, headers=headers, timeout=30) as client:
-
-            def create(cid: str) -> None:
-                response = client.post(
-                    "/admin/customers", json={"id": cid, "email": f"{cid}@example.com"}
-                )
-                if response.status_code != 200:
-                    raise RuntimeError(f"creating {cid}: {response.status_code} {response.text}")
-
-            with ThreadPoolExecutor(CUSTOMER_CREATORS) as pool:
-                list(pool.map(create, ids))
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        process, self.process = self.process, None
-        if process.poll() is None:
-            with suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                say("loyalty serve did not stop in time: killing its process group")
-        # The group is this server's own (start_new_session): its workers and helpers.
-        with suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-        if self in Service.running:
-            Service.running.remove(self)
-
-
-# --------------------------------------------------------------------------- wrk
-
-_WRK_LATENCY = re.compile(r"^\s*(50|99)%\s+([\d.]+)(us|ms|s|m|h)\s*$", re.M)
-_WRK_RPS = re.compile(r"^Requests/sec:\s+([\d.]+)", re.M)
-_WRK_NON2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
-_WRK_SOCKET = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
-_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
-
-
-def parse_wrk(output: str) -> dict[str, Any]:
-    """Requests/sec and the p50 / p99 of `--latency`, and the BENCH_RESULT of the Lua script."""
-    marker = next((line for line in output.splitlines() if line.startswith("BENCH_RESULT ")), None)
-    rps = _WRK_RPS.search(output)
-    percentiles = {
-        m.group(1): float(m.group(2)) * _UNIT_MS[m.group(3)] for m in _WRK_LATENCY.finditer(output)
-    }
-    if marker is None or rps is None or set(percentiles) != {"50", "99"}:
-        raise RuntimeError(f"could not read wrk's output:\n{output[-3000:]}")
-    lua = json.loads(marker.removeprefix("BENCH_RESULT "))
-    socket_errors = _WRK_SOCKET.search(output)
-    wrk_non2xx = _WRK_NON2XX.search(output)
-    return {
-        "rps": float(rps.group(1)),
-        "p50_ms": percentiles["50"],
-        "p99_ms": percentiles["99"],
-        "requests": lua["requests"],
-        "seconds": lua["duration_us"] / 1e6,
-        # wrk's own count misses 1xx and 3xx; the script counts every status outside 2xx.
-        "non2xx": max(lua["non2xx"], int(wrk_non2xx.group(1)) if wrk_non2xx else 0),
-        "socket_errors": sum(int(g) for g in socket_errors.groups()) if socket_errors else 0,
-    }
-
-
-def run_wrk(
-    service: Service, scenario: Scenario, files: dict[str, Path], duration_s: int, phase: str
-) -> Measurement:
-    args = [
-        "wrk",
-        f"--threads={min(WRK_THREADS, scenario.connections)}",
-        f"--connections={scenario.connections}",
-        f"--duration={duration_s}s",
-        f"--timeout={WRK_TIMEOUT_S}s",
-        "--latency",
-        f"--script={BENCH_DIR / scenario.script}",
-        service.base_url,
-        "--",
-        str(files["token"]),
-        str(files[scenario.customers]),
-    ]
-    if scenario.history:
-        args.append("history")
-    result = parse_wrk(run_measuring_tool(args, "wrk", duration_s))
-    return Measurement(
-        phase=phase,
-        scenario=scenario.name,
-        title=scenario.title,
-        connections=scenario.connections,
-        seconds=round(result["seconds"], 2),
-        requests=result["requests"],
-        rps=round(result["rps"], 1),
-        p50_ms=round(result["p50_ms"], 3),
-        p99_ms=round(result["p99_ms"], 3),
-        non2xx=result["non2xx"],
-        socket_errors=result["socket_errors"],
-        raw_work=scenario.raw_work,
-        worker_peak_mb=service.worker_peak_mb(),
-    )
-
 
 # --------------------------------------------------------------------------- the run
 
@@ -396,11 +191,35 @@ class Run:
 
     # ---- service phases
 
+    def measure(
+        self, server: Server, scenario: Scenario, duration_s: int, phase: str
+    ) -> Measurement:
+        """One scenario with wrk, then every worker's peak memory so far."""
+        files = self.files
+        result = run_wrk(
+            server.base_url, scenario, files["token"], files[scenario.customers], duration_s
+        )
+        return Measurement(
+            phase=phase,
+            scenario=scenario.name,
+            title=scenario.title,
+            connections=scenario.connections,
+            seconds=round(result.seconds, 2),
+            requests=result.requests,
+            rps=round(result.rps, 1),
+            p50_ms=round(result.p50_ms, 3),
+            p99_ms=round(result.p99_ms, 3),
+            non2xx=result.non2xx,
+            socket_errors=result.socket_errors,
+            raw_work=scenario.raw_work,
+            worker_peak_mb=server.worker_peak_mb(),
+        )
+
     def service_phase(self, spec: Phase) -> None:
         kind = self.backend.kind
         phase = spec.name
         url = self.backend.new_database(phase)
-        service = Service(url, self.workdir, f"{kind}-{phase}", self.secret, self.password)
+        service = Server(url, self.workdir, f"{kind}-{phase}", self.secret, self.password)
         answered = 0  # 2xx answers to adjustments, counted by wrk
         in_flight_max = 0  # requests that may have been served after wrk stopped counting
         try:
@@ -426,12 +245,12 @@ class Run:
             self.files["token"].write_text(token + "\n")
             self.sample_background(phase)
             with self.timed(f"{phase}: scenarios"):
-                warm = run_wrk(service, WARMUP, self.files, self.warmup_s, phase)
+                warm = self.measure(service, WARMUP, self.warmup_s, phase)
                 self.result.warmups.append(warm)
                 answered += (warm.requests - warm.non2xx) * WARMUP.adjustments_per_request
                 in_flight_max += warm.connections * WARMUP.adjustments_per_request
                 for scenario in spec.scenarios:
-                    m = run_wrk(service, scenario, self.files, self.args.duration, phase)
+                    m = self.measure(service, scenario, self.args.duration, phase)
                     self.result.measurements.append(m)
                     answered += (m.requests - m.non2xx) * scenario.adjustments_per_request
                     in_flight_max += m.connections * scenario.adjustments_per_request
@@ -760,8 +579,7 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"{kind}: FAILED: {type(error).__name__}: {error}")
                 print(traceback.format_exc(), flush=True)
             finally:
-                for service in list(Service.running):
-                    service.stop()
+                stop_all()
                 if kind == "postgresql" or not args.keep:
                     backend.drop_all()
             analyse(run.result)
@@ -779,8 +597,7 @@ def main(argv: list[str] | None = None) -> int:
         say("bench: interrupted: stopping the server and dropping the scratch databases")
         raise
     finally:
-        for service in list(Service.running):
-            service.stop()
+        stop_all()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     print()
