@@ -26,7 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import bulk_load
 from common import CUSTOMER_COUNT, customer_id, percentile, psql, sqlite_connect
-from results import RawResult
+from records import RawResult
 from scenarios import RawSpec
 from tools import BENCH_DIR, first_line, run_measuring_tool, say
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bulk_load import BIG_ADJUSTMENTS, PER_OTHER
-from results import DatabaseRun, Measurement
+from records import DatabaseRun, Measurement
 from scenarios import (
     MAIN_PHASE,
     MANY,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import bulk_load
 from backends import Backend
-from results import DatabaseRun, Measurement
+from records import DatabaseRun, Measurement
 from scenarios import (
     ID_LISTS,
     RAW_WARMUP,
