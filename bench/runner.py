@@ -51,12 +51,12 @@ class RunOptions:
     quick: bool
     duration_s: int  # per scenario and per raw-limit run
     skip_s5: bool
-    keep: bool  # keep the SQLite files (PostgreSQL's scratch databases are always dropped)
+    keep: bool  # keep the work files and SQLite's (PostgreSQL's are dropped all the same)
 
 
 @dataclass
 class AdjustmentTally:
-    """The adjustments a phase's server was seen to record, for the ledger check."""
+    """What wrk saw of a phase's adjustments, for the ledger check."""
 
     answered: int = 0  # 2xx answers to adjustments, counted by wrk
     in_flight_max: int = 0  # requests that may have been served after wrk stopped counting
@@ -67,6 +67,8 @@ class AdjustmentTally:
 
 
 class DatabaseRunner:
+    """The phases of one database's run, each recording into `result`."""
+
     def __init__(self, backend: Backend, workdir: Path, stamp: str, options: RunOptions):
         self.backend = backend
         self.kind = backend.kind
