@@ -4,7 +4,7 @@
 --   wrk ... -s adjust.lua http://127.0.0.1:PORT -- TOKEN_FILE IDS_FILE [history]
 --
 -- TOKEN_FILE holds one bearer token, IDS_FILE one customer id per line (both written by
--- run.py); `history` adds ?include_history=true. Every delta is +1 point, so no request can
+-- runner.py); `history` adds ?include_history=true. Every delta is +1 point, so no request can
 -- be refused for an insufficient balance: any non-2xx is a failure of the service.
 --
 -- wrk counts only some non-2xx statuses and keeps them per thread, so each thread counts

@@ -150,11 +150,11 @@ def load_postgresql(url: str, say: Progress) -> None:
     _check_precondition(int(customers), int(adjustments))
     base_ms = _base_ms(int(newest), say)
     started = time.monotonic()
-    for low, high, tip, customers in _chunks():
+    for low, high, tip, touched in _chunks():
         numbers = f"generate_series({low}::bigint, {high - 1}::bigint) AS g(n)"
         sql = (
             f"{_INSERT}\n{_select_rows(numbers, 'postgresql', base_ms, created_by)};\n"
-            f"{_tip_update(tip, customers)};\n"
+            f"{_tip_update(tip, touched)};\n"
         )
         psql(url, sql, single_transaction=True)
         say(f"loaded {high:,} of {TOTAL_ADJUSTMENTS:,} ({time.monotonic() - started:.0f}s)")
@@ -172,7 +172,7 @@ def load_sqlite(path: str, say: Progress) -> None:
         _check_precondition(customers, adjustments)
         base_ms = _base_ms(newest, say)
         started = time.monotonic()
-        for low, high, tip, customers in _chunks():
+        for low, high, tip, touched in _chunks():
             numbers = (
                 f"(WITH RECURSIVE g(n) AS (SELECT {low} UNION ALL SELECT n + 1 FROM g"
                 f" WHERE n < {high - 1}) SELECT n FROM g)"
@@ -180,7 +180,7 @@ def load_sqlite(path: str, say: Progress) -> None:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.execute(f"{_INSERT}\n{_select_rows(numbers, 'sqlite', base_ms, created_by)}")
-                conn.execute(_tip_update(tip, customers))
+                conn.execute(_tip_update(tip, touched))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")

@@ -1,9 +1,16 @@
-"""What the harness's scripts share: customer ids, SQLite's connection settings, psql."""
+"""What the harness and its helper scripts (sqlite_loop.py, bulk_load.py) share.
+
+The bench customers' ids, the service's own SQLite connection settings, a psql runner, and
+the percentile rule every raw limit uses, so that the raw limits and the harness agree on
+them. The helper scripts run as their own processes from bench/, so this module imports
+nothing from the harness.
+"""
 
 from __future__ import annotations
 
 import sqlite3
 import subprocess
+from collections.abc import Sequence
 
 # The customers every scenario works on: cus_bench_0000 … cus_bench_0999.
 CUSTOMER_COUNT = 1000
@@ -18,6 +25,13 @@ PSQL_TIMEOUT_S = 3600
 
 def customer_id(index: int) -> str:
     return f"cus_bench_{index:04d}"
+
+
+def percentile(ordered: Sequence[int], fraction: float) -> int:
+    """The value at `fraction` (0.5 for p50) of values sorted in ascending order; 0 for none."""
+    if not ordered:
+        return 0
+    return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))]
 
 
 def sqlite_connect(path: str) -> sqlite3.Connection:

@@ -22,18 +22,11 @@ import random
 import time
 from array import array
 
-from common import customer_id, sqlite_connect
+from common import customer_id, percentile, sqlite_connect
 
 DELTA_HUNDREDTHS = 100
 HISTORY_LIMIT = 20
 WORKS = ("adjust", "adjust_history", "balance")
-
-
-def percentile(sorted_values: array[int] | list[int], fraction: float) -> int:
-    if not sorted_values:
-        return 0
-    index = min(len(sorted_values) - 1, max(0, round(fraction * len(sorted_values)) - 1))
-    return sorted_values[index]
 
 
 def run(path: str, work: str, customers: int, duration_s: float) -> dict[str, float]:

@@ -1,0 +1,263 @@
+"""The report of one database's run: ratios, targets and verdicts, Markdown and JSON.
+
+`analyse` fills in each measurement's ratio to the raw limit of the same work, the S5
+comparison (p50 on the bulk-loaded database over p50 on the fresh one) and the targets'
+verdicts; `render_markdown` writes the table that is printed at the end and saved as
+bench/results/<stamp>-<database>.md, and `write_results` saves it with the JSON file.
+`checks_failed` and `targets_missed` decide the exit code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from bulk_load import BIG_ADJUSTMENTS, PER_OTHER
+from records import DatabaseRun, Measurement
+from scenarios import (
+    MAIN_PHASE,
+    MANY,
+    S5_FRESH_PHASE,
+    S5_LOADED_PHASE,
+    S5_SCENARIOS,
+    raw_clients,
+)
+from tools import BENCH_DIR, CORES
+from wrk import WRK_THREADS
+
+RESULTS_DIR = BENCH_DIR / "results"
+
+# The targets of the issue, as ratios measured in the same run.
+RATIO_MIN = 0.5
+P99_OVER_P50_MAX = 4.0
+S5_P50_RATIO_MAX = 1.2
+WORKER_PEAK_MB_MAX = 150.0
+NO_NON2XX_TARGET = "no non-2xx (nor socket error)"
+
+# How a measurement's phase shows in the table's scenario column.
+PHASE_LABELS = {MAIN_PHASE: "", S5_FRESH_PHASE: " fresh", S5_LOADED_PHASE: " 5M"}
+
+
+def analyse(result: DatabaseRun) -> None:
+    """Fills in the ratios to the raw limit, the S5 comparison and the targets' verdicts."""
+    raw = {(r.work, r.clients): r for r in result.raw_limits}
+    for m in result.measurements:
+        match = raw.get((m.raw_work, raw_clients(result.database, m.connections)))
+        if match is not None and match.tps > 0:
+            m.raw_rps = match.tps
+            m.ratio = round(m.rps / match.tps, 3)
+
+    def find(
+        phase: str, scenario: str, connections: int, title: str | None = None
+    ) -> Measurement | None:
+        for m in result.measurements:
+            if (m.phase, m.scenario, m.connections) == (phase, scenario, connections) and (
+                title is None or m.title == title
+            ):
+                return m
+        return None
+
+    targets: list[dict[str, Any]] = []
+
+    def target(name: str, measured: str, verdict: bool | None) -> None:
+        targets.append(
+            {
+                "target": name,
+                "measured": measured,
+                "verdict": "not measured" if verdict is None else ("PASS" if verdict else "FAIL"),
+            }
+        )
+
+    def ratio_target(name: str, m: Measurement | None) -> None:
+        ratio = None if m is None else m.ratio
+        target(
+            name,
+            "—" if ratio is None else f"{ratio}x",
+            None if ratio is None else ratio >= RATIO_MIN,
+        )
+
+    tool = "pgbench" if result.database == "postgresql" else "the in-process loop"
+    ratio_target(f"S1 at {MANY} connections ≥ {RATIO_MIN}x {tool}", find(MAIN_PHASE, "S1", MANY))
+    if result.database == "postgresql":
+        ratio_target(
+            f"S3 ≥ {RATIO_MIN}x pgbench with all {MANY} clients on one row",
+            find(MAIN_PHASE, "S3", MANY),
+        )
+    many = [m for m in result.measurements if m.connections == MANY]
+    if many:
+        spreads = [(m, m.p99_ms / m.p50_ms if m.p50_ms else float("inf")) for m in many]
+        target(
+            f"p99 ≤ {P99_OVER_P50_MAX:g}x p50 at {MANY} connections",
+            ", ".join(f"{label(m)} {s:.1f}x" for m, s in spreads),
+            all(s <= P99_OVER_P50_MAX for _, s in spreads),
+        )
+    else:
+        target(f"p99 ≤ {P99_OVER_P50_MAX:g}x p50 at {MANY} connections", "—", None)
+    everything = result.measurements + result.warmups
+    bad = sum(m.non2xx for m in everything)
+    socket_errors = sum(m.socket_errors for m in everything)
+    target(
+        NO_NON2XX_TARGET,
+        f"{bad} non-2xx, {socket_errors} socket errors in {sum(m.requests for m in everything):,}"
+        " requests",
+        bad == 0 and socket_errors == 0 and bool(everything),
+    )
+    result.s5 = []
+    for scenario in S5_SCENARIOS:
+        fresh = find(S5_FRESH_PHASE, scenario.name, scenario.connections, scenario.title)
+        loaded = find(S5_LOADED_PHASE, scenario.name, scenario.connections, scenario.title)
+        if fresh is None or loaded is None:
+            continue
+        ratio = round(loaded.p50_ms / fresh.p50_ms, 3) if fresh.p50_ms else None
+        prior = BIG_ADJUSTMENTS if scenario.customers == "big" else PER_OTHER
+        result.s5.append(
+            {
+                "title": scenario.title,
+                "connections": scenario.connections,
+                "prior_adjustments": f"{prior:,}",
+                "fresh_rps": fresh.rps,
+                "fresh_p50_ms": fresh.p50_ms,
+                "loaded_rps": loaded.rps,
+                "loaded_p50_ms": loaded.p50_ms,
+                "p50_ratio": ratio,
+                "target": scenario.customers == "big",
+            }
+        )
+    judged = [row for row in result.s5 if row["target"]]
+    target(
+        f"S5 p50 with {BIG_ADJUSTMENTS:,} prior adjustments ≤ {S5_P50_RATIO_MAX}x fresh",
+        ", ".join(f"{row['title']} {row['p50_ratio']}x" for row in judged) or "—",
+        None
+        if not judged
+        else all(r["p50_ratio"] is not None and r["p50_ratio"] <= S5_P50_RATIO_MAX for r in judged),
+    )
+    peaks = [mb for m in everything for mb in m.worker_peak_mb.values()]
+    target(
+        f"peak memory per worker ≤ {WORKER_PEAK_MB_MAX:g} MB",
+        f"max {max(peaks):.1f} MB over {len(peaks)} samples" if peaks else "—",
+        None if not peaks else max(peaks) <= WORKER_PEAK_MB_MAX,
+    )
+    result.targets = targets
+
+
+def label(m: Measurement) -> str:
+    phase = PHASE_LABELS.get(m.phase, f" {m.phase}")
+    return f"{m.scenario}{phase}"
+
+
+def worker_peaks(result: DatabaseRun) -> dict[str, dict[str, float]]:
+    """phase → worker pid → the highest VmHWM seen."""
+    peaks: dict[str, dict[str, float]] = {}
+    for m in result.measurements + result.warmups:
+        phase = peaks.setdefault(m.phase, {})
+        for pid, mb in m.worker_peak_mb.items():
+            phase[pid] = max(phase.get(pid, 0.0), mb)
+    return peaks
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def render_markdown(result: DatabaseRun) -> str:
+    tool = "pgbench" if result.database == "postgresql" else "sqlite3 loop"
+    where = "database server" if result.database == "postgresql" else "disk and pragmas"
+    lines = [
+        f"## {result.database}: {result.mode} run, {result.started_at}",
+        "",
+        f"`loyalty serve --workers {result.workers}` on {CORES} cores; {result.duration_s} s per"
+        f" scenario; wrk with {WRK_THREADS} thread. Versions: "
+        + "; ".join(f"{k} {v}" for k, v in result.versions.items()),
+        "",
+        "| scenario | connections | req/s | p50 ms | p99 ms | non-2xx | raw limit req/s | ratio |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for m in result.measurements:
+        errors = str(m.non2xx) + (f" (+{m.socket_errors} socket)" if m.socket_errors else "")
+        lines.append(
+            f"| {label(m)} {m.title} | {m.connections} | {fmt(m.rps, 0)} | {fmt(m.p50_ms)} |"
+            f" {fmt(m.p99_ms)} | {errors} | {fmt(m.raw_rps, 0)} | {fmt(m.ratio)} |"
+        )
+    lines += [
+        "",
+        f"Raw limit ({tool}, same run, same {where}):",
+        "",
+        "| work | clients | customers | tx/s | p50 ms | p99 ms | failed |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in result.raw_limits:
+        lines.append(
+            f"| {r.work} | {r.clients} | {r.customers:,} | {fmt(r.tps, 0)} | {fmt(r.p50_ms)} |"
+            f" {fmt(r.p99_ms)} | {r.failed} |"
+        )
+    if result.s5:
+        lines += [
+            "",
+            "S5, ledger size: the same work on a fresh database and on one of 5,000,000"
+            " adjustments:",
+            "",
+            "| work | connections | prior adjustments each | fresh req/s | fresh p50 ms"
+            " | loaded req/s | loaded p50 ms | p50 ratio |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for row in result.s5:
+            lines.append(
+                f"| {row['title']} | {row['connections']} | {row['prior_adjustments']} |"
+                f" {fmt(row['fresh_rps'], 0)} | {fmt(row['fresh_p50_ms'])} |"
+                f" {fmt(row['loaded_rps'], 0)} | {fmt(row['loaded_p50_ms'])} |"
+                f" {fmt(row['p50_ratio'])} |"
+            )
+    lines += ["", "| target | measured | verdict |", "| --- | --- | --- |"]
+    lines += [f"| {t['target']} | {t['measured']} | **{t['verdict']}** |" for t in result.targets]
+    peaks = worker_peaks(result)
+    verifies = [
+        f"`loyalty verify` {v['phase']}"
+        + (f" (attempt {v['attempt']})" if v["attempt"] > 1 else "")
+        + f": {'ok' if v['ok'] else 'exit ' + str(v['exit_code'])} ({v['seconds']} s)"
+        for v in result.verify
+    ]
+    counts = [
+        f"{c['phase']}: {c['recorded']:,} adjustments recorded for {c['answered_2xx']:,} 2xx"
+        f" answers (at most {c['in_flight_max']} more in flight) {'ok' if c['ok'] else 'FAILED'}"
+        for c in result.ledger_counts
+    ]
+    notes = {
+        "Peak memory per worker (VmHWM, MB)": "; ".join(
+            f"{phase}: " + ", ".join(f"pid {pid} {mb:.1f}" for pid, mb in sorted(pids.items()))
+            for phase, pids in peaks.items()
+        ),
+        "Checks": "; ".join(verifies + counts),
+        "Background CPU use before each phase (1 s, harness idle; other processes' load"
+        " skews every number)": ", ".join(
+            f"{k} {v:.0f}%" for k, v in result.background_cpu_percent.items()
+        ),
+        "Phases": ", ".join(f"{name} {seconds:.0f} s" for name, seconds in result.phases_s.items()),
+    }
+    lines.append("")
+    lines += [f"- {name}: {text}" for name, text in notes.items() if text]
+    if result.errors:
+        lines += ["", "**Errors:**", "", *(f"- {e.splitlines()[0]}" for e in result.errors)]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(result: DatabaseRun, stamp: str) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    base = RESULTS_DIR / f"{stamp}-{result.database}"
+    payload = asdict(result)
+    payload["worker_peak_mb"] = worker_peaks(result)
+    base.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    base.with_suffix(".md").write_text(render_markdown(result))
+    return base
+
+
+def checks_failed(result: DatabaseRun) -> bool:
+    """A check failed: an error was recorded, or an answer was not 2xx (or not one at all)."""
+    return bool(result.errors) or any(
+        t["verdict"] == "FAIL" and t["target"] == NO_NON2XX_TARGET for t in result.targets
+    )
+
+
+def targets_missed(result: DatabaseRun) -> bool:
+    return any(t["verdict"] == "FAIL" for t in result.targets)

@@ -1,0 +1,158 @@
+"""What a run measures: the scenarios, the raw limits they are compared with, the phases.
+
+A scenario is one wrk run against the service (S1 … S5); a raw-limit spec is one run of the
+same work straight on the database (pgbench, or sqlite_loop.py); a phase is one fresh
+database and server on which a list of scenarios runs (`main`, and S5's `s5-fresh` and
+`s5-loaded`). A new scenario goes here: define it, put it in the phase that measures it
+(FULL_MAIN and, if quick runs need it, QUICK_MAIN; or S5_SCENARIOS, which run on the fresh
+and the bulk-loaded database), and if no raw limit measures its `raw_work` yet, add one
+RawSpec to FULL_RAW_SPECS (and QUICK_RAW_SPECS if --quick runs it), its work as
+pgbench/<work>.sql and in sqlite_loop.py's WORKS. A new wrk script goes beside adjust.lua,
+a new list of customers into ID_LISTS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common import BIG_CUSTOMER, CUSTOMER_COUNT, HOT_CUSTOMER, customer_id
+
+CONNECTION_COUNTS = (1, 16, 64)
+MANY = 64
+FULL_DURATION_S = 20
+QUICK_DURATION_S = 8
+WARMUP_S = 3
+QUICK_WARMUP_S = 2
+WARMUP_CONNECTIONS = 16
+
+# The customer-id lists a scenario can draw from; the runner writes each to a file for wrk.
+ID_LISTS: dict[str, tuple[str, ...]] = {
+    "random": tuple(customer_id(index) for index in range(CUSTOMER_COUNT)),
+    "hot": (HOT_CUSTOMER,),
+    "big": (BIG_CUSTOMER,),
+}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One wrk run against the service, and the raw-limit work it is compared with."""
+
+    name: str  # S1 … S5, or warm-up
+    title: str
+    connections: int
+    raw_work: str  # the RawSpec.work it is compared with
+    script: str = "adjust.lua"  # the wrk script in bench/
+    customers: str = "random"  # which list of ID_LISTS
+    history: bool = False  # adjust.lua's `history` argument: ?include_history=true
+    # What the ledger check expects each 2xx answer to have recorded (0: a read).
+    adjustments_per_request: int = 1
+
+
+def s1(connections: int) -> Scenario:
+    return Scenario("S1", "adjust, random of 1,000", connections, "adjust")
+
+
+def s2(connections: int) -> Scenario:
+    return Scenario(
+        "S2", "adjust + history, random of 1,000", connections, "adjust_history", history=True
+    )
+
+
+S3 = Scenario("S3", "adjust, one hot customer", MANY, "adjust_hot", customers="hot")
+S4 = Scenario(
+    "S4",
+    "GET balance, random of 1,000",
+    MANY,
+    "balance",
+    script="balance.lua",
+    adjustments_per_request=0,
+)
+# S5: the same work on a fresh database and on one with 5,000,000 prior adjustments.
+S5_SCENARIOS = (
+    Scenario("S5", "adjust, the big customer", 1, "adjust", customers="big"),
+    Scenario(
+        "S5",
+        "adjust + history, the big customer",
+        1,
+        "adjust_history",
+        customers="big",
+        history=True,
+    ),
+    Scenario("S5", "adjust, random of 1,000", MANY, "adjust"),
+    Scenario("S5", "adjust + history, random of 1,000", MANY, "adjust_history", history=True),
+)
+WARMUP = Scenario("warm-up", "adjust, random of 1,000", WARMUP_CONNECTIONS, "adjust")
+
+FULL_MAIN = (*(s1(c) for c in CONNECTION_COUNTS), *(s2(c) for c in CONNECTION_COUNTS), S3, S4)
+QUICK_MAIN = (s1(MANY), S3, S4)
+
+
+@dataclass(frozen=True)
+class RawSpec:
+    """One raw-limit run: `work` by `clients` at once, straight on the database."""
+
+    work: str  # adjust, adjust_history, adjust_hot, balance
+    clients: int
+
+    @property
+    def customers(self) -> int:
+        return 1 if self.work == "adjust_hot" else CUSTOMER_COUNT
+
+    @property
+    def script(self) -> str:
+        """The pgbench script and sqlite_loop.py work: adjust_hot is adjust on one row."""
+        return "adjust" if self.work == "adjust_hot" else self.work
+
+
+FULL_RAW_SPECS = (
+    *(RawSpec("adjust", c) for c in CONNECTION_COUNTS),
+    *(RawSpec("adjust_history", c) for c in CONNECTION_COUNTS),
+    RawSpec("adjust_hot", 1),  # one row's serial limit, for reference
+    RawSpec("adjust_hot", MANY),
+    RawSpec("balance", MANY),
+)
+QUICK_RAW_SPECS = (RawSpec("adjust", MANY), RawSpec("adjust_hot", MANY))
+RAW_WARMUP = RawSpec("adjust", 1)
+
+
+def raw_clients(database: str, connections: int) -> int:
+    """The raw limit's client count that a scenario at `connections` is compared with."""
+    # SQLite has one writer at a time: one loop is the most the file can do, so it is the
+    # limit at every connection count.
+    return 1 if database == "sqlite" else connections
+
+
+def raw_specs(database: str, quick: bool) -> list[RawSpec]:
+    specs = QUICK_RAW_SPECS if quick else FULL_RAW_SPECS
+    # Each distinct spec once, in the order of its first appearance.
+    return list(dict.fromkeys(RawSpec(s.work, raw_clients(database, s.clients)) for s in specs))
+
+
+def warmup_s(quick: bool, duration_s: int) -> int:
+    return min(QUICK_WARMUP_S if quick else WARMUP_S, duration_s)
+
+
+MAIN_PHASE = "main"
+S5_FRESH_PHASE = "s5-fresh"
+S5_LOADED_PHASE = "s5-loaded"
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A fresh database and server, the customers made through the API, then the scenarios."""
+
+    name: str  # main, s5-fresh, s5-loaded: how the report names its rows
+    scenarios: tuple[Scenario, ...]
+    extra_customers: tuple[str, ...]  # made besides the 1,000 of ID_LISTS["random"]
+    bulk_load: bool = False  # bulk_load.py's 5,000,000 adjustments before the scenarios
+
+
+def phases(quick: bool, skip_s5: bool) -> list[Phase]:
+    main = Phase(MAIN_PHASE, QUICK_MAIN if quick else FULL_MAIN, (HOT_CUSTOMER,))
+    if quick or skip_s5:
+        return [main]
+    return [
+        main,
+        Phase(S5_FRESH_PHASE, S5_SCENARIOS, (BIG_CUSTOMER,)),
+        Phase(S5_LOADED_PHASE, S5_SCENARIOS, (BIG_CUSTOMER,), bulk_load=True),
+    ]
