@@ -26,13 +26,14 @@ fuzz: $(STAMP)
 	LOYALTY_FUZZ_EXAMPLES=1000 $(BIN)/pytest -q -s tests/test_fuzz.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
+	cd bench && ../$(BIN)/mypy --strict --explicit-package-bases .
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests
-	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
 
 ## bench: set up and measure the service against its raw limit on both databases (bench/README.md)
 bench: $(STAMP)
