@@ -66,6 +66,12 @@ def run_cli(
     )
 
 
+def assert_verify(database_url: str) -> None:
+    """`loyalty verify` finds every ledger invariant holding."""
+    result = run_cli(database_url, "verify")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 @dataclass
 class Server:
     """A real `loyalty serve` process (in its own process group, workers included)."""

@@ -5,7 +5,6 @@ Each test works on fresh databases of its own (SQLite and PostgreSQL), never the
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import signal
@@ -17,11 +16,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import httpx
 import pytest
+from ulid import ULID
 
 from tests.conftest import DatabaseFactory
 from tests.support import (
@@ -31,11 +30,13 @@ from tests.support import (
     STARTUP_TIMEOUT_S,
     Server,
     adjust,
+    assert_verify,
     free_port,
     login,
     new_customer,
     run_cli,
     service_env,
+    sql,
 )
 
 USER_ID = re.compile(r"^user_[0-9A-HJKMNP-TV-Z]{26}$")
@@ -44,26 +45,6 @@ PASSWORD = "a long enough password 123"
 
 
 # --- direct database access, behind the service's back ----------------------------------
-
-
-def sql_fetch(url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    """Runs one statement straight on the database (committed) and returns its rows."""
-    if url.startswith("sqlite:///"):
-        conn = sqlite3.connect(url.removeprefix("sqlite:///"), timeout=10)
-        try:
-            with conn:
-                return [tuple(row) for row in conn.execute(sql.replace("$1", "?"), args)]
-        finally:
-            conn.close()
-
-    async def run() -> list[tuple[Any, ...]]:
-        pg = await asyncpg.connect(url, timeout=10)
-        try:
-            return [tuple(row) for row in await pg.fetch(sql, *args)]
-        finally:
-            await pg.close()
-
-    return asyncio.run(run())
 
 
 def append_only_errors(url: str) -> tuple[type[BaseException], ...]:
@@ -96,10 +77,10 @@ def test_db_migrate_twice_is_fine(databases: DatabaseFactory) -> None:
     url = databases.new_url()
     first = run_cli(url, "db", "migrate")
     assert first.returncode == 0, first.stderr
-    version = sql_fetch(url, "SELECT version_num FROM alembic_version")
+    version = sql(url, "SELECT version_num FROM alembic_version")
     second = run_cli(url, "db", "migrate")
     assert second.returncode == 0, second.stderr
-    assert sql_fetch(url, "SELECT version_num FROM alembic_version") == version
+    assert sql(url, "SELECT version_num FROM alembic_version") == version
     assert len(version) == 1
 
 
@@ -283,26 +264,96 @@ def test_verify_passes_on_a_consistent_ledger(ledger: Ledger) -> None:
     assert "Traceback" not in result.stderr
 
 
+# The checks of `loyalty verify` that a corrupted balance row trips, by the line it prints.
+SUM_CHECK = "each balance equals the exact sum of its deltas"
+COUNT_CHECK = "each balance row counts its customer's adjustments"
+TIP_CHECK = "each balance row matches its last adjustment (balance, id, time)"
+
+
+def failed_checks(url: str) -> dict[str, str]:
+    """Runs `loyalty verify`, which must exit 1; returns each `FAIL` line by the check it names."""
+    result = run_cli(url, "verify")
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "Traceback" not in output
+    failed = {}
+    for line in result.stdout.splitlines():
+        if line.startswith("FAIL"):
+            match = re.match(r"FAIL\s+(.+?): broken by \d+; customers: (.*)$", line)
+            assert match, line
+            failed[match.group(1)] = match.group(2)
+    assert re.search(rf"^{len(failed)} of \d+ checks failed", result.stdout, re.MULTILINE), output
+    return failed
+
+
 def test_verify_names_a_corrupted_customer(ledger: Ledger) -> None:
-    """A balance changed behind the service's back makes verify exit 1 naming that customer."""
-    broken, *healthy = ledger.customer_ids
-    sql = (
+    """A balance changed behind the service's back: verify exits 1 with exactly two named
+    failures, the balance is not the exact sum of the deltas and not the last balance_after
+    (the two always go together), each naming that customer and no other."""
+    broken = ledger.customer_ids[0]
+    statement = (
         "UPDATE loyalty_balances SET balance_hundredths = balance_hundredths {} 1"
         " WHERE customer_id = $1"
     )
-    sql_fetch(ledger.url, sql.format("+"), broken)
+    sql(ledger.url, statement.format("+"), broken)
     try:
-        result = run_cli(ledger.url, "verify")
-        output = result.stdout + result.stderr
-        assert result.returncode == 1, output
-        assert broken in output
-        for customer_id in healthy:
-            assert customer_id not in output
-        assert "Traceback" not in output
+        failed = failed_checks(ledger.url)
     finally:
-        sql_fetch(ledger.url, sql.format("-"), broken)
-    repaired = run_cli(ledger.url, "verify")
-    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+        sql(ledger.url, statement.format("-"), broken)
+    assert set(failed) == {SUM_CHECK, TIP_CHECK}, failed
+    assert failed[SUM_CHECK] == failed[TIP_CHECK] == broken
+    assert_verify(ledger.url)
+
+
+def test_verify_finds_an_adjustment_beyond_the_balance_row(ledger: Ledger) -> None:
+    """An adjustment appended behind the service's back, in a valid chain after the last one
+    but not counted in the balance row: verify exits 1 saying the balance is not the exact
+    sum of the deltas and the row does not count the adjustments, naming that customer; the
+    chain itself passes. Once the balance row takes it in, verify passes again."""
+    token = login(ledger.server, ADMIN_EMAIL, ADMIN_PASSWORD)
+    with httpx.Client(
+        base_url=ledger.server.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ) as api:
+        customer_id = new_customer(api)["id"]
+        for delta in (10, -4):
+            assert adjust(api, customer_id, delta).status_code == 200
+    ((seq, after, created_at_ms, created_by),) = sql(
+        ledger.url,
+        "SELECT seq, balance_after_hundredths, created_at_ms, created_by"
+        " FROM loyalty_adjustments WHERE customer_id = $1 ORDER BY seq DESC LIMIT 1",
+        customer_id,
+    )
+    appended_at = created_at_ms + 1
+    appended_id = f"adj_{ULID.from_timestamp(appended_at / 1000)}"
+    sql(
+        ledger.url,
+        "INSERT INTO loyalty_adjustments (id, customer_id, seq, delta_hundredths,"
+        " balance_after_hundredths, reason, created_at_ms, created_by)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        appended_id,
+        customer_id,
+        seq + 1,
+        500,
+        after + 500,
+        "behind the service's back",
+        appended_at,
+        created_by,
+    )
+    failed = failed_checks(ledger.url)
+    assert set(failed) == {SUM_CHECK, COUNT_CHECK}, failed
+    assert failed[SUM_CHECK] == failed[COUNT_CHECK] == customer_id
+    # The ledger is append-only: the balance row is brought to the appended adjustment.
+    sql(
+        ledger.url,
+        "UPDATE loyalty_balances SET balance_hundredths = $2, last_seq = $3,"
+        " last_adjustment_id = $4, updated_at_ms = $5 WHERE customer_id = $1",
+        customer_id,
+        after + 500,
+        seq + 1,
+        appended_id,
+        appended_at,
+    )
+    assert_verify(ledger.url)
 
 
 @pytest.mark.parametrize(
@@ -322,11 +373,11 @@ def test_the_adjustments_table_is_append_only(ledger: Ledger, statement: str) ->
         "SELECT id, seq, delta_hundredths, balance_after_hundredths, reason, created_at_ms"
         " FROM loyalty_adjustments WHERE customer_id = $1 ORDER BY seq"
     )
-    before = sql_fetch(ledger.url, select, customer_id)
+    before = sql(ledger.url, select, customer_id)
     assert len(before) == 3
     with pytest.raises(append_only_errors(ledger.url)):
-        sql_fetch(ledger.url, statement, customer_id)
-    assert sql_fetch(ledger.url, select, customer_id) == before
+        sql(ledger.url, statement, customer_id)
+    assert sql(ledger.url, select, customer_id) == before
 
 
 # --- first start of serve ----------------------------------------------------------------
