@@ -1,6 +1,6 @@
-"""Helpers for the tests: running `loyalty` processes, logging in, making customers,
-reaching the database behind the service's back, and holding its write path so that
-requests land in one batch."""
+"""Helpers for the tests: running `loyalty` processes, logging in, making customers, reading
+whole histories, reaching the database behind the service's back, and holding its write path
+so that requests land in one batch."""
 
 from __future__ import annotations
 
@@ -231,23 +231,62 @@ def decoded(response: httpx.Response) -> Any:
     return json.loads(response.text, parse_float=Decimal)
 
 
-async def full_history(
-    client: httpx.AsyncClient, customer_id: str, base_url: str = ""
-) -> list[Any]:
-    """The customer's whole history, oldest first, in pages of 100."""
-    items: list[Any] = []
-    for _ in range(10_000):
-        response = await client.get(
-            f"{base_url}/admin/loyalty/points/{customer_id}/history",
-            params={"order": "created_at", "limit": "100", "offset": str(len(items))},
-        )
+# --- whole histories ---------------------------------------------------------------------
+
+
+HISTORY_PAGE = 100
+
+
+@dataclass
+class _HistoryPages:
+    """The page logic of reading a whole history oldest first, shared by the sync and the
+    async reader: each page must continue where the last one ended, and the count must not
+    change between pages."""
+
+    customer_id: str
+    items: list[Any] = field(default_factory=list)
+    count: int | None = None
+
+    def path(self, base_url: str) -> str:
+        return f"{base_url}/admin/loyalty/points/{self.customer_id}/history"
+
+    def params(self) -> dict[str, str]:
+        return {"order": "created_at", "limit": str(HISTORY_PAGE), "offset": str(len(self.items))}
+
+    def add(self, response: httpx.Response) -> bool:
+        """Takes one page; True when the history is complete."""
         assert response.status_code == 200, response.text
         page = decoded(response)
-        items.extend(page["adjustments"])
-        if not page["adjustments"] or len(items) >= page["count"]:
-            assert len(items) == page["count"]
-            break
-    return items
+        assert page["limit"] == HISTORY_PAGE
+        assert page["offset"] == len(self.items)
+        self.count = page["count"] if self.count is None else self.count
+        assert page["count"] == self.count, "the count changed between pages"
+        self.items.extend(page["adjustments"])
+        if not page["adjustments"] or len(self.items) >= self.count:
+            assert len(self.items) == self.count
+            return True
+        return False
+
+
+def full_history(client: httpx.Client, customer_id: str, base_url: str = "") -> list[Any]:
+    """The customer's whole history, oldest first, in pages of 100 (amounts as Decimal)."""
+    pages = _HistoryPages(customer_id)
+    while not pages.add(client.get(pages.path(base_url), params=pages.params())):
+        pass
+    return pages.items
+
+
+async def full_history_async(
+    client: httpx.AsyncClient, customer_id: str, base_url: str = ""
+) -> list[Any]:
+    """`full_history` over an async client."""
+    pages = _HistoryPages(customer_id)
+    while not pages.add(await client.get(pages.path(base_url), params=pages.params())):
+        pass
+    return pages.items
+
+
+# --- customers and adjustments -----------------------------------------------------------
 
 
 def new_customer(client: httpx.Client, **fields: Any) -> dict[str, Any]:

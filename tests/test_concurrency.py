@@ -20,7 +20,16 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from tests.support import ADMIN_EMAIL, ADMIN_PASSWORD, Cluster, Server, decoded, login, run_cli
+from tests.support import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    Cluster,
+    Server,
+    decoded,
+    full_history_async,
+    login,
+    run_cli,
+)
 
 if TYPE_CHECKING:
     from tests.conftest import DatabaseFactory
@@ -99,28 +108,6 @@ async def fire(
     )
 
 
-async def history_oldest_first(client: httpx.AsyncClient, customer_id: str) -> list[Any]:
-    """The whole history, oldest first, read in pages of 100."""
-    items: list[Any] = []
-    count = None
-    for _ in range(10_000):
-        response = await client.get(
-            f"/admin/loyalty/points/{customer_id}/history",
-            params={"order": "created_at", "limit": "100", "offset": str(len(items))},
-        )
-        assert response.status_code == 200, response.text
-        page = decoded(response)
-        assert page["limit"] == 100
-        assert page["offset"] == len(items)
-        count = page["count"] if count is None else count
-        assert page["count"] == count, "the count changed between pages"
-        items.extend(page["adjustments"])
-        if not page["adjustments"] or len(items) >= count:
-            break
-    assert len(items) == count
-    return items
-
-
 async def balance_of(client: httpx.AsyncClient, customer_id: str) -> Decimal:
     response = await client.get(f"/admin/loyalty/points/{customer_id}")
     assert response.status_code == 200, response.text
@@ -194,7 +181,7 @@ async def one_customer_load(
     assert max(balances_after) == expected
     assert len({b["id"] for b in bodies}) == total
 
-    history = await history_oldest_first(clients[0], customer_id)
+    history = await full_history_async(clients[0], customer_id)
     assert len(history) == total
     assert_chain(history)
     assert Decimal(history[-1]["balance_after"]) == expected
@@ -250,7 +237,7 @@ def test_concurrent_redemptions_never_overdraw(cluster: Cluster) -> None:
             assert accepted == [Decimal(n) for n in range(100)]
 
             assert await balance_of(client, customer_id) == 0
-            history = await history_oldest_first(client, customer_id)
+            history = await full_history_async(client, customer_id)
             assert len(history) == 101
             assert_chain(history)
             assert min(Decimal(item["balance_after"]) for item in history) >= 0
@@ -287,7 +274,7 @@ def test_many_customers_interleaved(cluster: Cluster) -> None:
                 assert decoded(response)["customer_id"] == cid
             for cid in customers:
                 assert await balance_of(client, cid) == expected[cid], cid
-                history = await history_oldest_first(client, cid)
+                history = await full_history_async(client, cid)
                 assert len(history) == 20
                 assert_chain(history)
                 assert Decimal(history[-1]["balance_after"]) == expected[cid]

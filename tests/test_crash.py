@@ -30,7 +30,7 @@ from tests.support import (
     Backend,
     Server,
     decoded,
-    full_history,
+    full_history_async,
     login,
     run_cli,
 )
@@ -190,7 +190,7 @@ def check_after_restart(server: Server, token: str, customers: Sequence[str], ta
             base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
         ) as client:
             for customer_id in customers:
-                history = await full_history(client, customer_id)
+                history = await full_history_async(client, customer_id)
                 response = await client.get(f"/admin/loyalty/points/{customer_id}")
                 assert response.status_code == 200, response.text
                 balance = Decimal(decoded(response)["balance"])

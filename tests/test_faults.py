@@ -49,7 +49,15 @@ from typing import Any, NoReturn
 import httpx
 import pytest
 
-from tests.support import ADMIN_EMAIL, ADMIN_PASSWORD, Server, free_port, login, run_cli
+from tests.support import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    Server,
+    free_port,
+    full_history,
+    login,
+    run_cli,
+)
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 WORKERS = 2
@@ -374,22 +382,6 @@ def assert_unavailable(response: httpx.Response, what: str) -> None:
     lowered = response.text.lower()
     leaked = [word for word in LEAKS if word in lowered]
     assert not leaked, f"{what}: the message reveals {leaked}: {response.text}"
-
-
-def full_history(client: httpx.Client, customer_id: str) -> list[Any]:
-    """The customer's whole ledger, oldest first, in pages of 100."""
-    items: list[Any] = []
-    while True:
-        response = client.get(
-            f"/admin/loyalty/points/{customer_id}/history",
-            params={"order": "created_at", "limit": "100", "offset": str(len(items))},
-        )
-        assert response.status_code == 200, response.text
-        page = json.loads(response.text, parse_float=Decimal)
-        items.extend(page["adjustments"])
-        if not page["adjustments"] or len(items) >= page["count"]:
-            assert len(items) == page["count"]
-            return items
 
 
 # --- the scenario, on any database -----------------------------------------------------------

@@ -38,7 +38,7 @@ from tests.support import (
     Server,
     decoded,
     free_port,
-    full_history,
+    full_history_async,
     login,
     new_customer,
     run_cli,
@@ -557,7 +557,7 @@ def test_30_concurrent_requests_with_one_key_apply_once(cluster: Cluster) -> Non
     async def main() -> tuple[list[httpx.Response | httpx.TransportError], list[Any]]:
         async with async_client(cluster.token, 30) as client:
             responses = await send_keyed_jobs([(client, base, body, key)] * 30)
-            history = await full_history(client, customer_id, base)
+            history = await full_history_async(client, customer_id, base)
             return responses, history
 
     responses, history = asyncio.run(main())
@@ -596,7 +596,7 @@ def race_many_keys(
         async with async_client(token, 64) as client:
             jobs = [(client, base, body_text(customer_id, "1", key), key) for base, key in plan]
             responses = await send_keyed_jobs(jobs)
-            history = await full_history(client, customer_id, bases[0])
+            history = await full_history_async(client, customer_id, bases[0])
             return responses, history
 
     responses, history = asyncio.run(main())
@@ -850,7 +850,7 @@ def test_sigkill_while_clients_retry_applies_every_key_exactly_once(
             async with async_client(token, 8) as client:
                 for customer_id in customers:
                     keys = [key for key, cid in tally.keys.items() if cid == customer_id]
-                    history = await full_history(client, customer_id, target.base_url)
+                    history = await full_history_async(client, customer_id, target.base_url)
                     assert_each_key_once(history, keys)
                     by_reason = {item["reason"]: item for item in history}
                     for key in keys:
