@@ -8,13 +8,21 @@ import asyncio
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
 
-from tests.support import ADMIN_EMAIL, ADMIN_PASSWORD, Backend, Server, login
+from tests.support import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    Backend,
+    Server,
+    assert_verify,
+    login,
+)
 
 PG_ADMIN_URL = os.environ.get(
     "LOYALTY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -82,9 +90,52 @@ def backend(
     databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Backend]:
     """A server (one worker) on a fresh database of each kind, shared by the session's tests."""
+    workdir = tmp_path_factory.mktemp("server")
+    with Backend.start(databases.kind, databases.new_url(), workdir) as backend:
+        yield backend
+
+
+CLUSTER_WORKERS = 2
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Backend]:
+    """A `loyalty serve --workers 2` on a fresh database of each kind, for one test file.
+    Whatever its tests did, every ledger invariant holds over the whole database after."""
     url = databases.new_url()
-    with Server.start(url, tmp_path_factory.mktemp("server")) as server:
-        yield Backend(databases.kind, url, server, login(server, ADMIN_EMAIL, ADMIN_PASSWORD))
+    workdir = tmp_path_factory.mktemp(f"cluster-{databases.kind}")
+    with Backend.start(databases.kind, url, workdir, workers=CLUSTER_WORKERS) as cluster:
+        yield cluster
+    assert_verify(url)
+
+
+@dataclass
+class ServerPair:
+    """Two server processes on one PostgreSQL database, and the admin's token."""
+
+    url: str
+    first: Server
+    second: Server
+    token: str
+
+
+@pytest.fixture
+def pg_server_pair(
+    databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerPair]:
+    """Two `loyalty serve --workers 2` on one fresh PostgreSQL database (the deployment of
+    several instances); skipped on SQLite."""
+    if databases.kind != "postgresql":
+        pytest.skip("two server processes on one database: the PostgreSQL deployment")
+    url = databases.new_url()
+    workdir = tmp_path_factory.mktemp("two-servers")
+    with (
+        Server.start(url, workdir, workers=CLUSTER_WORKERS) as first,
+        Server.start(url, workdir, workers=CLUSTER_WORKERS) as second,
+    ):
+        yield ServerPair(url, first, second, login(first, ADMIN_EMAIL, ADMIN_PASSWORD))
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
@@ -159,6 +160,10 @@ class Server:
             pass
 
 
+def log_tail(*servers: Server, chars: int = 4000) -> str:
+    return "\n".join(f"--- {s.log_path} ---\n{s.log()[-chars:]}" for s in servers)
+
+
 def login(server: Server, email: str, password: str) -> str:
     response = httpx.post(
         f"{server.base_url}/admin/auth/token",
@@ -178,6 +183,15 @@ class Backend:
     database_url: str
     server: Server
     token: str
+
+    @classmethod
+    @contextmanager
+    def start(
+        cls, kind: str, database_url: str, workdir: Path, workers: int = 1, **env: str
+    ) -> Iterator[Backend]:
+        """A `loyalty serve --workers N` on the database, and the admin's token for it."""
+        with Server.start(database_url, workdir, workers=workers, **env) as server:
+            yield cls(kind, database_url, server, login(server, ADMIN_EMAIL, ADMIN_PASSWORD))
 
     def client(self, token: str | None = None) -> httpx.Client:
         return httpx.Client(
@@ -209,26 +223,16 @@ class Backend:
         return self.new_user(*scopes)[1]
 
 
-@dataclass
-class Cluster:
-    """A fresh database of one kind with a `loyalty serve --workers N` on it."""
-
-    kind: str
-    url: str
-    server: Server
-    token: str
-    workdir: Path
-
-    @classmethod
-    @contextmanager
-    def start(cls, kind: str, url: str, workdir: Path, workers: int) -> Iterator[Cluster]:
-        with Server.start(url, workdir, workers=workers) as server:
-            yield cls(kind, url, server, login(server, ADMIN_EMAIL, ADMIN_PASSWORD), workdir)
-
-
 def decoded(response: httpx.Response) -> Any:
     """A JSON body with every fractional number as an exact Decimal."""
     return json.loads(response.text, parse_float=Decimal)
+
+
+def statuses(responses: Sequence[httpx.Response | httpx.TransportError]) -> Counter[object]:
+    """Status codes, and the names of transport errors for requests that got no response."""
+    return Counter(
+        r.status_code if isinstance(r, httpx.Response) else type(r).__name__ for r in responses
+    )
 
 
 # --- whole histories ---------------------------------------------------------------------

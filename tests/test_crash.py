@@ -29,10 +29,11 @@ from tests.support import (
     ADMIN_PASSWORD,
     Backend,
     Server,
+    assert_verify,
     decoded,
     full_history_async,
+    log_tail,
     login,
-    run_cli,
 )
 
 if TYPE_CHECKING:
@@ -93,10 +94,6 @@ def servers() -> Iterator[list[Server]]:
     yield launched
     for server in launched:
         server.stop()
-
-
-def log_tail(server: Server, chars: int = 4000) -> str:
-    return f"--- {server.log_path} ---\n{server.log()[-chars:]}"
 
 
 def new_customers(server: Server, token: str, count: int) -> list[str]:
@@ -217,11 +214,6 @@ def check_after_restart(server: Server, token: str, customers: Sequence[str], ta
         return figures
 
     return "; ".join(asyncio.run(main()))
-
-
-def assert_verify(url: str) -> None:
-    result = run_cli(url, "verify")
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 # --- tests ---------------------------------------------------------------------------------
