@@ -75,11 +75,17 @@ def assert_verify(database_url: str) -> None:
 
 @dataclass
 class Server:
-    """A real `loyalty serve` process (in its own process group, workers included)."""
+    """A real `loyalty serve` process (in its own process group, workers included).
+
+    Its stdout and stderr go to `log_path`; with `separate_stdout`, stdout goes to
+    `stdout_path` alone (what the service prints for a person, such as the first-start
+    banner) and stderr stays in `log_path`.
+    """
 
     process: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    stdout_path: Path | None = None
 
     @property
     def base_url(self) -> str:
@@ -93,9 +99,20 @@ class Server:
         workdir: Path,
         workers: int = 1,
         port: int | None = None,
+        *,
+        separate_stdout: bool = False,
+        without_env: Sequence[str] = (),
         **env: str,
     ) -> Iterator[Server]:
-        server = cls.launch(database_url, workdir, workers, port, **env)
+        server = cls.launch(
+            database_url,
+            workdir,
+            workers,
+            port,
+            separate_stdout=separate_stdout,
+            without_env=without_env,
+            **env,
+        )
         try:
             yield server
         finally:
@@ -108,20 +125,30 @@ class Server:
         workdir: Path,
         workers: int = 1,
         port: int | None = None,
+        *,
+        separate_stdout: bool = False,
+        without_env: Sequence[str] = (),
         **env: str,
     ) -> Server:
+        """Starts the server and waits until /health answers 200. `without_env` names
+        variables of the tests' usual environment to leave unset (such as the admin's)."""
         port = port or free_port()
-        log_path = workdir / f"server-{port}-{uuid.uuid4().hex[:6]}.log"
-        with open(log_path, "wb") as log:
+        tag = f"{port}-{uuid.uuid4().hex[:6]}"
+        log_path = workdir / f"server-{tag}.log"
+        stdout_path = workdir / f"server-{tag}.stdout" if separate_stdout else None
+        process_env = service_env(database_url, **env)
+        for name in without_env:
+            process_env.pop(name, None)
+        with open(log_path, "wb") as log, open(stdout_path or os.devnull, "wb") as out:
             process = subprocess.Popen(
                 [*LOYALTY, "serve", "--port", str(port), "--workers", str(workers)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=service_env(database_url, **env),
+                stdout=out if separate_stdout else log,
+                stderr=subprocess.STDOUT if not separate_stdout else log,
+                env=process_env,
                 cwd=workdir,
                 start_new_session=True,
             )
-        server = cls(process, port, log_path)
+        server = cls(process, port, log_path, stdout_path)
         server.wait_ready()
         return server
 
@@ -141,6 +168,11 @@ class Server:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def stdout(self) -> str:
+        """What the server printed on stdout (only with `separate_stdout`)."""
+        assert self.stdout_path is not None, "started without separate_stdout"
+        return self.stdout_path.read_text(errors="replace")
 
     def kill(self) -> None:
         """SIGKILL to the whole process group: the supervisor and every worker die at once."""
@@ -307,13 +339,13 @@ def adjust(
     body: dict[str, Any] = {"customer_id": customer_id, "delta": delta}
     if reason is not None:
         body["reason"] = reason
-    return client.post("/admin/loyalty/points/adjust", json=body, params=params)
+    return client.post(ADJUST_PATH, json=body, params=params)
 
 
 def adjust_raw(client: httpx.Client, body: str, **params: str) -> httpx.Response:
     """An adjust request with a body written by hand, for exact JSON numbers."""
     return client.post(
-        "/admin/loyalty/points/adjust",
+        ADJUST_PATH,
         content=body.encode(),
         headers={"Content-Type": "application/json"},
         params=params,

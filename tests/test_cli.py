@@ -5,15 +5,12 @@ Each test works on fresh databases of its own (SQLite and PostgreSQL), never the
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import sqlite3
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,18 +21,12 @@ from ulid import ULID
 
 from tests.conftest import DatabaseFactory
 from tests.support import (
-    ADMIN_EMAIL,
-    ADMIN_PASSWORD,
-    LOYALTY,
-    STARTUP_TIMEOUT_S,
+    Backend,
     Server,
     adjust,
     assert_verify,
-    free_port,
-    login,
     new_customer,
     run_cli,
-    service_env,
     sql,
 )
 
@@ -87,26 +78,22 @@ def test_db_migrate_twice_is_fine(databases: DatabaseFactory) -> None:
 # --- loyalty user create ------------------------------------------------------------------
 
 
-@dataclass
-class Service:
-    url: str
-    server: Server
-
-
 @pytest.fixture(scope="module")
 def service(
     databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Service]:
+) -> Iterator[Backend]:
     """A fresh database of each kind with a running server, for this module's CLI tests."""
-    url = databases.new_url()
-    with Server.start(url, tmp_path_factory.mktemp("cli")) as server:
-        yield Service(url, server)
+    workdir = tmp_path_factory.mktemp("cli")
+    with Backend.start(databases.kind, databases.new_url(), workdir) as service:
+        yield service
 
 
-def test_user_create_prints_the_id_and_gives_every_scope(service: Service) -> None:
+def test_user_create_prints_the_id_and_gives_every_scope(service: Backend) -> None:
     """With no --scope, the new user's id is printed and the user logs in with all four scopes."""
     email = unique_email()
-    result = run_cli(service.url, "user", "create", "--email", email, "--password", PASSWORD)
+    result = run_cli(
+        service.database_url, "user", "create", "--email", email, "--password", PASSWORD
+    )
     assert result.returncode == 0, result.stderr
     printed = result.stdout.strip()
     assert USER_ID.match(printed), result.stdout
@@ -119,11 +106,11 @@ def test_user_create_prints_the_id_and_gives_every_scope(service: Service) -> No
     assert len(user["scopes"]) == 4
 
 
-def test_user_create_with_names(service: Service) -> None:
+def test_user_create_with_names(service: Backend) -> None:
     """--first-name and --last-name are stored and returned at login."""
     email = unique_email()
     result = run_cli(
-        service.url,
+        service.database_url,
         "user",
         "create",
         "--email",
@@ -140,11 +127,11 @@ def test_user_create_with_names(service: Service) -> None:
     assert (user["first_name"], user["last_name"]) == ("Ada", "Lovelace")
 
 
-def test_user_create_with_two_scopes_gets_exactly_those(service: Service) -> None:
+def test_user_create_with_two_scopes_gets_exactly_those(service: Backend) -> None:
     """--scope given twice gives exactly those two scopes, and the others are refused (403)."""
     email = unique_email()
     result = run_cli(
-        service.url,
+        service.database_url,
         "user",
         "create",
         "--email",
@@ -173,12 +160,18 @@ def test_user_create_with_two_scopes_gets_exactly_those(service: Service) -> Non
         assert adjust(client, customer_id, 1).status_code == 403
 
 
-def test_user_create_reads_the_password_from_stdin(service: Service) -> None:
+def test_user_create_reads_the_password_from_stdin(service: Backend) -> None:
     """--password-stdin takes the password from standard input; that password logs in."""
     email = unique_email()
     secret = f"stdin password {uuid.uuid4().hex}"
     result = run_cli(
-        service.url, "user", "create", "--email", email, "--password-stdin", stdin=secret + "\n"
+        service.database_url,
+        "user",
+        "create",
+        "--email",
+        email,
+        "--password-stdin",
+        stdin=secret + "\n",
     )
     assert result.returncode == 0, result.stderr
     assert USER_ID.match(result.stdout.strip()), result.stdout
@@ -187,14 +180,22 @@ def test_user_create_reads_the_password_from_stdin(service: Service) -> None:
     assert user_login(service.server.base_url, email, secret + "\n").status_code == 401
 
 
-def test_user_create_with_a_duplicate_email_fails_cleanly(service: Service) -> None:
+def test_user_create_with_a_duplicate_email_fails_cleanly(service: Backend) -> None:
     """A second user with the same email (in any case) exits non-zero with a clear message."""
     email = unique_email()
-    first = run_cli(service.url, "user", "create", "--email", email, "--password", PASSWORD)
+    first = run_cli(
+        service.database_url, "user", "create", "--email", email, "--password", PASSWORD
+    )
     assert first.returncode == 0, first.stderr
     for again in (email, email.upper()):
         result = run_cli(
-            service.url, "user", "create", "--email", again, "--password", "another password"
+            service.database_url,
+            "user",
+            "create",
+            "--email",
+            again,
+            "--password",
+            "another password",
         )
         assert_clean_failure(result)
         assert "already exists" in result.stderr.lower() or "duplicate" in result.stderr.lower()
@@ -204,11 +205,11 @@ def test_user_create_with_a_duplicate_email_fails_cleanly(service: Service) -> N
 
 
 @pytest.mark.parametrize("scope", ["loyalty:admin", "LOYALTY:READ", ""])
-def test_user_create_with_an_invalid_scope_fails_cleanly(service: Service, scope: str) -> None:
+def test_user_create_with_an_invalid_scope_fails_cleanly(service: Backend, scope: str) -> None:
     """An unknown scope exits non-zero naming the problem, and creates no user."""
     email = unique_email()
     result = run_cli(
-        service.url,
+        service.database_url,
         "user",
         "create",
         "--email",
@@ -230,30 +231,27 @@ def test_user_create_with_an_invalid_scope_fails_cleanly(service: Service, scope
 
 @dataclass
 class Ledger:
-    url: str
-    server: Server
+    service: Backend
     customer_ids: list[str]
-    adjustments: int
+
+    @property
+    def url(self) -> str:
+        return self.service.database_url
 
 
 @pytest.fixture(scope="module")
-def ledger(service: Service) -> Ledger:
+def ledger(service: Backend) -> Ledger:
     """Three customers with a few adjustments each, made over HTTP on the module's database."""
-    token = login(service.server, ADMIN_EMAIL, ADMIN_PASSWORD)
     customer_ids: list[str] = []
-    count = 0
-    with httpx.Client(
-        base_url=service.server.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
-    ) as api:
+    with service.client() as api:
         for deltas in ((100, -25, 0.5), (7,), (1000, -1000, 3, 4)):
             customer_id = new_customer(api)["id"]
             for delta in deltas:
                 response = adjust(api, customer_id, delta, "cli test")
                 assert response.status_code == 200, response.text
-                count += 1
             customer_ids.append(customer_id)
         new_customer(api)  # and one without adjustments
-    return Ledger(service.url, service.server, customer_ids, count)
+    return Ledger(service, customer_ids)
 
 
 def test_verify_passes_on_a_consistent_ledger(ledger: Ledger) -> None:
@@ -310,10 +308,7 @@ def test_verify_finds_an_adjustment_beyond_the_balance_row(ledger: Ledger) -> No
     but not counted in the balance row: verify exits 1 saying the balance is not the exact
     sum of the deltas and the row does not count the adjustments, naming that customer; the
     chain itself passes. Once the balance row takes it in, verify passes again."""
-    token = login(ledger.server, ADMIN_EMAIL, ADMIN_PASSWORD)
-    with httpx.Client(
-        base_url=ledger.server.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
-    ) as api:
+    with ledger.service.client() as api:
         customer_id = new_customer(api)["id"]
         for delta in (10, -4):
             assert adjust(api, customer_id, delta).status_code == 200
@@ -384,46 +379,15 @@ def test_the_adjustments_table_is_append_only(ledger: Ledger, statement: str) ->
 
 
 @contextmanager
-def serve_without_admin_env(url: str, workdir: Path) -> Iterator[tuple[str, Path]]:
-    """`loyalty serve` with no LOYALTY_ADMIN_*; yields its base url and its stdout file."""
-    env = service_env(url)
-    del env["LOYALTY_ADMIN_EMAIL"]
-    del env["LOYALTY_ADMIN_PASSWORD"]
-    port = free_port()
-    tag = uuid.uuid4().hex[:6]
-    stdout_path = workdir / f"stdout-{tag}.log"
-    stderr_path = workdir / f"stderr-{tag}.log"
-    with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-        process = subprocess.Popen(
-            [*LOYALTY, "serve", "--port", str(port)],
-            stdout=out,
-            stderr=err,
-            env=env,
-            cwd=workdir,
-            start_new_session=True,
-        )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{stderr_path.read_text()}")
-            with suppress(httpx.HTTPError):
-                if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server did not become ready:\n{stderr_path.read_text()}")
-            time.sleep(0.1)
-        yield base_url, stdout_path
-    finally:
-        with suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
+def serve_without_admin_env(url: str, workdir: Path) -> Iterator[Server]:
+    """`loyalty serve` with no LOYALTY_ADMIN_*, its stdout kept apart from its log."""
+    with Server.start(
+        url,
+        workdir,
+        separate_stdout=True,
+        without_env=("LOYALTY_ADMIN_EMAIL", "LOYALTY_ADMIN_PASSWORD"),
+    ) as server:
+        yield server
 
 
 def test_first_start_prints_generated_admin_credentials_once(
@@ -432,20 +396,20 @@ def test_first_start_prints_generated_admin_credentials_once(
     """Without LOYALTY_ADMIN_*, the first start prints admin@localhost and a working password;
     the second start prints no password."""
     url = databases.new_url()
-    with serve_without_admin_env(url, tmp_path) as (base_url, stdout_path):
-        first_output = stdout_path.read_text()
+    with serve_without_admin_env(url, tmp_path) as server:
+        first_output = server.stdout()
         assert "admin@localhost" in first_output, first_output
         match = re.search(r"password\s*[:=]\s*(\S+)", first_output, re.IGNORECASE)
         assert match, first_output
         password = match.group(1)
         assert len(password) >= 12
-        response = user_login(base_url, "admin@localhost", password)
+        response = user_login(server.base_url, "admin@localhost", password)
         assert response.status_code == 200, response.text
         assert set(response.json()["user"]["scopes"]) == ALL_SCOPES
-        assert user_login(base_url, "admin@localhost", password + "x").status_code == 401
+        assert user_login(server.base_url, "admin@localhost", password + "x").status_code == 401
 
-    with serve_without_admin_env(url, tmp_path) as (base_url, stdout_path):
-        second_output = stdout_path.read_text()
+    with serve_without_admin_env(url, tmp_path) as server:
+        second_output = server.stdout()
         assert password not in second_output
         assert not re.search(r"password\s*[:=]", second_output, re.IGNORECASE), second_output
-        assert user_login(base_url, "admin@localhost", password).status_code == 200
+        assert user_login(server.base_url, "admin@localhost", password).status_code == 200
