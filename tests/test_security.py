@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import socket
-import statistics
 import time
 import uuid
 import warnings
@@ -207,8 +206,12 @@ def test_a_trusted_proxy_forwards_the_client_address(
 def test_unknown_email_costs_as_much_as_a_wrong_password(
     databases: DatabaseFactory, tmp_path: Path
 ) -> None:
-    """The median time of a login for an unknown email is within a factor of 2 of one with a
-    wrong password for a real user (both check a password hash), so timing reveals nothing."""
+    """A login for an unknown email costs within a factor of 2 of one with a wrong password
+    for a real user (both check a password hash), so timing reveals nothing. Measured
+    against each other in this test, never against a fixed time: pairs are interleaved so a
+    load spike hits both kinds alike, and each kind's fastest try is compared, since a busy
+    machine only ever adds time (skipping the hash makes the unknown email's login about 5
+    times cheaper: a ratio near 0.2)."""
     url = databases.new_url()
     email = make_user(url)
     with Server.start(url, tmp_path, LOYALTY_LOGIN_MAX_FAILURES_PER_EMAIL="100") as server:
@@ -222,11 +225,11 @@ def test_unknown_email_costs_as_much_as_a_wrong_password(
 
         timed(email), timed(unknown_email())  # warm up both paths
         wrong_password, unknown = [], []
-        for _ in range(5):  # interleaved, so a load spike on the machine hits both alike
+        for _ in range(7):
             wrong_password.append(timed(email))
             unknown.append(timed(unknown_email()))
-    ratio = statistics.median(unknown) / statistics.median(wrong_password)
-    assert 0.5 <= ratio <= 2.0, (wrong_password, unknown)
+    ratio = min(unknown) / min(wrong_password)
+    assert 0.5 <= ratio <= 2.0, (ratio, wrong_password, unknown)
 
 
 # --- tokens ---------------------------------------------------------------------------------
