@@ -40,6 +40,15 @@ ALL_SCOPES = ("customers:read", "customers:write", "loyalty:read", "loyalty:writ
 REQUIRED = {"type": "unauthorized", "message": "Authentication required"}
 USER_ID = re.compile(r"^user_[0-9A-HJKMNP-TV-Z]{26}$")
 OTHER_SECRET = "another-secret-that-is-also-long-enough-for-hs256-9876543210"
+# Every customer this file makes has it in its email, and every list this file reads is
+# narrowed to it (`?q=`): the file sees only what it made, never what other files left in
+# the shared server (whose names the leak check below might take for SQL).
+MINE = f"auth-{uuid.uuid4().hex[:8]}"
+OWN_CUSTOMERS = f"/admin/customers?q={MINE}"
+
+
+def my_email() -> str:
+    return f"{MINE}-{uuid.uuid4().hex[:12]}@example.com"
 
 
 @pytest.fixture(autouse=True)
@@ -61,7 +70,7 @@ class AdminRoute:
     def call(self, client: httpx.Client, customer_id: str) -> httpx.Response:
         path = self.path.format(cid=customer_id)
         if self.name == "customers.create":
-            body: dict[str, Any] = {"email": f"auth-{uuid.uuid4().hex[:12]}@example.com"}
+            body: dict[str, Any] = {"email": my_email()}
             return client.post(path, json=body)
         if self.name == "points.adjust":
             return client.post(path, json={"customer_id": customer_id, "delta": 1})
@@ -70,7 +79,7 @@ class AdminRoute:
 
 ROUTES = [
     AdminRoute("customers.create", "POST", "/admin/customers", "customers:write", writes=True),
-    AdminRoute("customers.list", "GET", "/admin/customers", "customers:read"),
+    AdminRoute("customers.list", "GET", OWN_CUSTOMERS, "customers:read"),
     AdminRoute("customers.get", "GET", "/admin/customers/{cid}", "customers:read"),
     AdminRoute(
         "points.adjust", "POST", "/admin/loyalty/points/adjust", "loyalty:write", writes=True
@@ -113,9 +122,7 @@ def tokens(backend: Backend) -> Tokens:
 @pytest.fixture(scope="module")
 def customer_id(backend: Backend) -> str:
     with backend.client() as client:
-        response = client.post(
-            "/admin/customers", json={"email": f"auth-{uuid.uuid4().hex[:12]}@example.com"}
-        )
+        response = client.post("/admin/customers", json={"email": my_email()})
         assert response.status_code == 200, response.text
         value: str = response.json()["customer"]["id"]
         return value
@@ -142,7 +149,7 @@ def deleted_user_token(backend: Backend) -> str:
     assert created.returncode == 0, created.stderr
     token = login(backend.server, email, ADMIN_PASSWORD)
     with backend.client(token) as client:
-        assert client.get("/admin/customers").status_code == 200
+        assert client.get(OWN_CUSTOMERS).status_code == 200
     deleted = run_cli(backend.database_url, "user", "delete", "--email", email)
     assert deleted.returncode == 0, deleted.stderr
     response = httpx.post(
@@ -239,8 +246,9 @@ def ledger_size(backend: Backend, customer_id: str) -> int:
 
 
 def customer_count(backend: Backend) -> int:
+    """How many customers this file has made."""
     with backend.client() as client:
-        count: int = client.get("/admin/customers").json()["count"]
+        count: int = client.get(OWN_CUSTOMERS).json()["count"]
         return count
 
 
@@ -280,7 +288,7 @@ def test_bearer_scheme_is_case_insensitive(backend: Backend, scheme: str) -> Non
     """The auth scheme is case-insensitive (RFC 9110 section 11.1): any case of Bearer works."""
     headers = {"Authorization": f"{scheme} {backend.token}"}
     with httpx.Client(base_url=backend.server.base_url, headers=headers, timeout=30) as client:
-        assert client.get("/admin/customers").status_code == 200
+        assert client.get(OWN_CUSTOMERS).status_code == 200
 
 
 # --- 403 ---------------------------------------------------------------------------------
@@ -504,7 +512,7 @@ def test_admin_token_returns_token_and_user(anon: httpx.Client) -> None:
     assert claims["sub"] == user["id"]
     assert claims["exp"] - claims["iat"] == 86400
     headers = {"Authorization": f"Bearer {body['token']}"}
-    assert anon.get("/admin/customers", headers=headers).status_code == 200
+    assert anon.get(OWN_CUSTOMERS, headers=headers).status_code == 200
 
 
 def test_admin_token_reports_the_users_names_and_scopes(backend: Backend) -> None:
@@ -549,7 +557,7 @@ def test_emailpass_returns_only_a_token(anon: httpx.Client) -> None:
     body = response.json()
     assert set(body) == {"token"}
     headers = {"Authorization": f"Bearer {body['token']}"}
-    assert anon.get("/admin/customers", headers=headers).status_code == 200
+    assert anon.get(OWN_CUSTOMERS, headers=headers).status_code == 200
 
 
 @pytest.mark.parametrize("path", ["/admin/auth/token", "/auth/user/emailpass"])
