@@ -1,11 +1,15 @@
 """Fixtures: real databases (a fresh SQLite file, a fresh PostgreSQL database) and real
 `loyalty serve` processes on loopback ports. Every test that takes `backend` runs on both.
+
+`--shuffle[=SEED]` runs the test files in a random order and the tests of each file in a
+random order (the seed is printed), to prove that no test depends on what another left.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import random
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -150,6 +154,60 @@ def anon(backend: Backend) -> Iterator[httpx.Client]:
     """An HTTP client without credentials."""
     with httpx.Client(base_url=backend.server.base_url, timeout=30) as client:
         yield client
+
+
+# --- --shuffle ------------------------------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--shuffle",
+        nargs="?",
+        const="random",
+        default=None,
+        metavar="SEED",
+        help="run the test files, and the tests within each, in a random order (a new seed"
+        " unless one is given; the seed is printed)",
+    )
+
+
+_SEED = pytest.StashKey[int]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    value = config.getoption("shuffle")
+    if value is not None:
+        config.stash[_SEED] = random.randrange(2**32) if value == "random" else int(value)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Shuffles before pytest groups the tests by the parameters of session fixtures (the
+    database kind), so each server still starts once; a file's tests stay together, so
+    each file's own servers start once too."""
+    seed = config.stash.get(_SEED, None)
+    if seed is None:
+        return
+    rng = random.Random(seed)
+    by_file: dict[Path, list[pytest.Item]] = {}
+    for item in items:
+        by_file.setdefault(item.path, []).append(item)
+    files = list(by_file.values())
+    rng.shuffle(files)
+    for tests in files:
+        rng.shuffle(tests)
+    items[:] = [item for tests in files for item in tests]
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:  # shown even with -q, before the first test runs
+        reporter.write_line(f"shuffled with seed {seed} (repeat: --shuffle={seed})")
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    seed = config.stash.get(_SEED, None)
+    if seed is not None:
+        terminalreporter.write_line(f"shuffled with seed {seed} (repeat: --shuffle={seed})")
 
 
 __all__ = ["ADMIN_EMAIL", "ADMIN_PASSWORD"]
