@@ -1,20 +1,32 @@
 """Fixtures: real databases (a fresh SQLite file, a fresh PostgreSQL database) and real
 `loyalty serve` processes on loopback ports. Every test that takes `backend` runs on both.
+
+`--shuffle[=SEED]` runs the test files in a random order and the tests of each file in a
+random order (the seed is printed), to prove that no test depends on what another left.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import random
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
 
-from tests.support import ADMIN_EMAIL, ADMIN_PASSWORD, Backend, Server, login
+from tests.support import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    Backend,
+    Server,
+    assert_verify,
+    login,
+)
 
 PG_ADMIN_URL = os.environ.get(
     "LOYALTY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -82,9 +94,52 @@ def backend(
     databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Backend]:
     """A server (one worker) on a fresh database of each kind, shared by the session's tests."""
+    workdir = tmp_path_factory.mktemp("server")
+    with Backend.start(databases.kind, databases.new_url(), workdir) as backend:
+        yield backend
+
+
+CLUSTER_WORKERS = 2
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Backend]:
+    """A `loyalty serve --workers 2` on a fresh database of each kind, for one test file.
+    Whatever its tests did, every ledger invariant holds over the whole database after."""
     url = databases.new_url()
-    with Server.start(url, tmp_path_factory.mktemp("server")) as server:
-        yield Backend(databases.kind, url, server, login(server, ADMIN_EMAIL, ADMIN_PASSWORD))
+    workdir = tmp_path_factory.mktemp(f"cluster-{databases.kind}")
+    with Backend.start(databases.kind, url, workdir, workers=CLUSTER_WORKERS) as cluster:
+        yield cluster
+    assert_verify(url)
+
+
+@dataclass
+class ServerPair:
+    """Two server processes on one PostgreSQL database, and the admin's token."""
+
+    url: str
+    first: Server
+    second: Server
+    token: str
+
+
+@pytest.fixture
+def pg_server_pair(
+    databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerPair]:
+    """Two `loyalty serve --workers 2` on one fresh PostgreSQL database (the deployment of
+    several instances); skipped on SQLite."""
+    if databases.kind != "postgresql":
+        pytest.skip("two server processes on one database: the PostgreSQL deployment")
+    url = databases.new_url()
+    workdir = tmp_path_factory.mktemp("two-servers")
+    with (
+        Server.start(url, workdir, workers=CLUSTER_WORKERS) as first,
+        Server.start(url, workdir, workers=CLUSTER_WORKERS) as second,
+    ):
+        yield ServerPair(url, first, second, login(first, ADMIN_EMAIL, ADMIN_PASSWORD))
 
 
 @pytest.fixture
@@ -99,6 +154,60 @@ def anon(backend: Backend) -> Iterator[httpx.Client]:
     """An HTTP client without credentials."""
     with httpx.Client(base_url=backend.server.base_url, timeout=30) as client:
         yield client
+
+
+# --- --shuffle ------------------------------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--shuffle",
+        nargs="?",
+        const="random",
+        default=None,
+        metavar="SEED",
+        help="run the test files, and the tests within each, in a random order (a new seed"
+        " unless one is given; the seed is printed)",
+    )
+
+
+_SEED = pytest.StashKey[int]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    value = config.getoption("shuffle")
+    if value is not None:
+        config.stash[_SEED] = random.randrange(2**32) if value == "random" else int(value)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Shuffles before pytest groups the tests by the parameters of session fixtures (the
+    database kind), so each server still starts once; a file's tests stay together, so
+    each file's own servers start once too."""
+    seed = config.stash.get(_SEED, None)
+    if seed is None:
+        return
+    rng = random.Random(seed)
+    by_file: dict[Path, list[pytest.Item]] = {}
+    for item in items:
+        by_file.setdefault(item.path, []).append(item)
+    files = list(by_file.values())
+    rng.shuffle(files)
+    for tests in files:
+        rng.shuffle(tests)
+    items[:] = [item for tests in files for item in tests]
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:  # shown even with -q, before the first test runs
+        reporter.write_line(f"shuffled with seed {seed} (repeat: --shuffle={seed})")
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    seed = config.stash.get(_SEED, None)
+    if seed is not None:
+        terminalreporter.write_line(f"shuffled with seed {seed} (repeat: --shuffle={seed})")
 
 
 __all__ = ["ADMIN_EMAIL", "ADMIN_PASSWORD"]

@@ -1,22 +1,29 @@
-"""Helpers for the tests: running `loyalty` processes, logging in, making customers."""
+"""Helpers for the tests: running `loyalty` processes, logging in, making customers, reading
+whole histories, reaching the database behind the service's back, and holding its write path
+so that requests land in one batch."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 
 ADMIN_EMAIL = "admin@example.com"
@@ -24,6 +31,7 @@ ADMIN_PASSWORD = "correct horse battery staple"
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 LOYALTY = [sys.executable, "-m", "loyalty"]
 STARTUP_TIMEOUT_S = 60.0
+ADJUST_PATH = "/admin/loyalty/points/adjust"
 
 
 def free_port() -> int:
@@ -59,13 +67,25 @@ def run_cli(
     )
 
 
+def assert_verify(database_url: str) -> None:
+    """`loyalty verify` finds every ledger invariant holding."""
+    result = run_cli(database_url, "verify")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 @dataclass
 class Server:
-    """A real `loyalty serve` process (in its own process group, workers included)."""
+    """A real `loyalty serve` process (in its own process group, workers included).
+
+    Its stdout and stderr go to `log_path`; with `separate_stdout`, stdout goes to
+    `stdout_path` alone (what the service prints for a person, such as the first-start
+    banner) and stderr stays in `log_path`.
+    """
 
     process: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    stdout_path: Path | None = None
 
     @property
     def base_url(self) -> str:
@@ -79,9 +99,20 @@ class Server:
         workdir: Path,
         workers: int = 1,
         port: int | None = None,
+        *,
+        separate_stdout: bool = False,
+        without_env: Sequence[str] = (),
         **env: str,
     ) -> Iterator[Server]:
-        server = cls.launch(database_url, workdir, workers, port, **env)
+        server = cls.launch(
+            database_url,
+            workdir,
+            workers,
+            port,
+            separate_stdout=separate_stdout,
+            without_env=without_env,
+            **env,
+        )
         try:
             yield server
         finally:
@@ -94,20 +125,30 @@ class Server:
         workdir: Path,
         workers: int = 1,
         port: int | None = None,
+        *,
+        separate_stdout: bool = False,
+        without_env: Sequence[str] = (),
         **env: str,
     ) -> Server:
+        """Starts the server and waits until /health answers 200. `without_env` names
+        variables of the tests' usual environment to leave unset (such as the admin's)."""
         port = port or free_port()
-        log_path = workdir / f"server-{port}-{uuid.uuid4().hex[:6]}.log"
-        with open(log_path, "wb") as log:
+        tag = f"{port}-{uuid.uuid4().hex[:6]}"
+        log_path = workdir / f"server-{tag}.log"
+        stdout_path = workdir / f"server-{tag}.stdout" if separate_stdout else None
+        process_env = service_env(database_url, **env)
+        for name in without_env:
+            process_env.pop(name, None)
+        with open(log_path, "wb") as log, open(stdout_path or os.devnull, "wb") as out:
             process = subprocess.Popen(
                 [*LOYALTY, "serve", "--port", str(port), "--workers", str(workers)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=service_env(database_url, **env),
+                stdout=out if separate_stdout else log,
+                stderr=subprocess.STDOUT if not separate_stdout else log,
+                env=process_env,
                 cwd=workdir,
                 start_new_session=True,
             )
-        server = cls(process, port, log_path)
+        server = cls(process, port, log_path, stdout_path)
         server.wait_ready()
         return server
 
@@ -128,6 +169,11 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def stdout(self) -> str:
+        """What the server printed on stdout (only with `separate_stdout`)."""
+        assert self.stdout_path is not None, "started without separate_stdout"
+        return self.stdout_path.read_text(errors="replace")
+
     def kill(self) -> None:
         """SIGKILL to the whole process group: the supervisor and every worker die at once."""
         with suppress(ProcessLookupError):
@@ -144,6 +190,10 @@ class Server:
             self.kill()
         except ProcessLookupError:
             pass
+
+
+def log_tail(*servers: Server, chars: int = 4000) -> str:
+    return "\n".join(f"--- {s.log_path} ---\n{s.log()[-chars:]}" for s in servers)
 
 
 def login(server: Server, email: str, password: str) -> str:
@@ -166,6 +216,15 @@ class Backend:
     server: Server
     token: str
 
+    @classmethod
+    @contextmanager
+    def start(
+        cls, kind: str, database_url: str, workdir: Path, workers: int = 1, **env: str
+    ) -> Iterator[Backend]:
+        """A `loyalty serve --workers N` on the database, and the admin's token for it."""
+        with Server.start(database_url, workdir, workers=workers, **env) as server:
+            yield cls(kind, database_url, server, login(server, ADMIN_EMAIL, ADMIN_PASSWORD))
+
     def client(self, token: str | None = None) -> httpx.Client:
         return httpx.Client(
             base_url=self.server.base_url,
@@ -173,8 +232,9 @@ class Backend:
             timeout=30,
         )
 
-    def user_token(self, *scopes: str) -> str:
-        """A token for a new admin user holding exactly `scopes`."""
+    def new_user(self, *scopes: str) -> tuple[str, str]:
+        """A new admin user holding exactly `scopes` (every scope if none): its email and a
+        token."""
         email = f"user-{uuid.uuid4().hex[:10]}@example.com"
         scope_args = [arg for scope in scopes for arg in ("--scope", scope)]
         result = run_cli(
@@ -188,24 +248,11 @@ class Backend:
             *scope_args,
         )
         assert result.returncode == 0, result.stderr
-        return login(self.server, email, ADMIN_PASSWORD)
+        return email, login(self.server, email, ADMIN_PASSWORD)
 
-
-@dataclass
-class Cluster:
-    """A fresh database of one kind with a `loyalty serve --workers N` on it."""
-
-    kind: str
-    url: str
-    server: Server
-    token: str
-    workdir: Path
-
-    @classmethod
-    @contextmanager
-    def start(cls, kind: str, url: str, workdir: Path, workers: int) -> Iterator[Cluster]:
-        with Server.start(url, workdir, workers=workers) as server:
-            yield cls(kind, url, server, login(server, ADMIN_EMAIL, ADMIN_PASSWORD), workdir)
+    def user_token(self, *scopes: str) -> str:
+        """A token for a new admin user holding exactly `scopes`."""
+        return self.new_user(*scopes)[1]
 
 
 def decoded(response: httpx.Response) -> Any:
@@ -213,23 +260,69 @@ def decoded(response: httpx.Response) -> Any:
     return json.loads(response.text, parse_float=Decimal)
 
 
-async def full_history(
-    client: httpx.AsyncClient, customer_id: str, base_url: str = ""
-) -> list[Any]:
-    """The customer's whole history, oldest first, in pages of 100."""
-    items: list[Any] = []
-    for _ in range(10_000):
-        response = await client.get(
-            f"{base_url}/admin/loyalty/points/{customer_id}/history",
-            params={"order": "created_at", "limit": "100", "offset": str(len(items))},
-        )
+def statuses(responses: Sequence[httpx.Response | httpx.TransportError]) -> Counter[object]:
+    """Status codes, and the names of transport errors for requests that got no response."""
+    return Counter(
+        r.status_code if isinstance(r, httpx.Response) else type(r).__name__ for r in responses
+    )
+
+
+# --- whole histories ---------------------------------------------------------------------
+
+
+HISTORY_PAGE = 100
+
+
+@dataclass
+class _HistoryPages:
+    """The page logic of reading a whole history oldest first, shared by the sync and the
+    async reader: each page must continue where the last one ended, and the count must not
+    change between pages."""
+
+    customer_id: str
+    items: list[Any] = field(default_factory=list)
+    count: int | None = None
+
+    def path(self, base_url: str) -> str:
+        return f"{base_url}/admin/loyalty/points/{self.customer_id}/history"
+
+    def params(self) -> dict[str, str]:
+        return {"order": "created_at", "limit": str(HISTORY_PAGE), "offset": str(len(self.items))}
+
+    def add(self, response: httpx.Response) -> bool:
+        """Takes one page; True when the history is complete."""
         assert response.status_code == 200, response.text
         page = decoded(response)
-        items.extend(page["adjustments"])
-        if not page["adjustments"] or len(items) >= page["count"]:
-            assert len(items) == page["count"]
-            break
-    return items
+        assert page["limit"] == HISTORY_PAGE
+        assert page["offset"] == len(self.items)
+        self.count = page["count"] if self.count is None else self.count
+        assert page["count"] == self.count, "the count changed between pages"
+        self.items.extend(page["adjustments"])
+        if not page["adjustments"] or len(self.items) >= self.count:
+            assert len(self.items) == self.count
+            return True
+        return False
+
+
+def full_history(client: httpx.Client, customer_id: str, base_url: str = "") -> list[Any]:
+    """The customer's whole history, oldest first, in pages of 100 (amounts as Decimal)."""
+    pages = _HistoryPages(customer_id)
+    while not pages.add(client.get(pages.path(base_url), params=pages.params())):
+        pass
+    return pages.items
+
+
+async def full_history_async(
+    client: httpx.AsyncClient, customer_id: str, base_url: str = ""
+) -> list[Any]:
+    """`full_history` over an async client."""
+    pages = _HistoryPages(customer_id)
+    while not pages.add(await client.get(pages.path(base_url), params=pages.params())):
+        pass
+    return pages.items
+
+
+# --- customers and adjustments -----------------------------------------------------------
 
 
 def routed_operations() -> set[str]:
@@ -267,14 +360,138 @@ def adjust(
     body: dict[str, Any] = {"customer_id": customer_id, "delta": delta}
     if reason is not None:
         body["reason"] = reason
-    return client.post("/admin/loyalty/points/adjust", json=body, params=params)
+    return client.post(ADJUST_PATH, json=body, params=params)
 
 
 def adjust_raw(client: httpx.Client, body: str, **params: str) -> httpx.Response:
     """An adjust request with a body written by hand, for exact JSON numbers."""
     return client.post(
-        "/admin/loyalty/points/adjust",
+        ADJUST_PATH,
         content=body.encode(),
         headers={"Content-Type": "application/json"},
         params=params,
     )
+
+
+# --- the database behind the service's back ----------------------------------------------
+
+
+def sql(database_url: str, statement: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Runs one statement (PostgreSQL's `$1` parameters) straight on the database, committed,
+    and returns its rows."""
+    if database_url.startswith("sqlite:///"):
+        conn = sqlite3.connect(database_url.removeprefix("sqlite:///"), timeout=10)
+        try:
+            with conn:
+                text = re.sub(r"\$(\d+)", r"?\1", statement)
+                return [tuple(row) for row in conn.execute(text, args)]
+        finally:
+            conn.close()
+
+    async def run() -> list[tuple[Any, ...]]:
+        pg = await asyncpg.connect(database_url, timeout=10)
+        try:
+            return [tuple(row) for row in await pg.fetch(statement, *args)]
+        finally:
+            await pg.close()
+
+    return asyncio.run(run())
+
+
+@asynccontextmanager
+async def write_gate(database_url: str) -> AsyncIterator[None]:
+    """Holds the database's write path until the block ends, so that the service's next
+    adjustment batch waits in the database and the requests after it queue up together.
+
+    SQLite: another connection holds the write lock (BEGIN IMMEDIATE; the service's writer
+    waits up to its 5 s busy timeout). PostgreSQL: another session holds
+    `loyalty_balances` in EXCLUSIVE mode, which the batch's SELECT ... FOR UPDATE waits for
+    (plain reads go on). Hold it well under a second."""
+    if database_url.startswith("sqlite:///"):
+        conn = sqlite3.connect(
+            database_url.removeprefix("sqlite:///"), isolation_level=None, timeout=10
+        )
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            finally:
+                conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+        return
+    pg = await asyncpg.connect(database_url, timeout=10)
+    try:
+        transaction = pg.transaction()
+        await transaction.start()
+        try:
+            await pg.execute("LOCK TABLE loyalty_balances IN EXCLUSIVE MODE")
+            yield
+        finally:
+            await transaction.rollback()
+    finally:
+        await pg.close()
+
+
+@dataclass(frozen=True)
+class Call:
+    """One adjust request of a batch: the body exactly as sent, and its headers' options."""
+
+    body: str
+    key: str | None = None
+    token: str | None = None  # None: the batch's default token
+    params: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, customer_id: str, delta: str, key: str | None = None, **fields: Any) -> Call:
+        parts = [f'"customer_id": {json.dumps(customer_id)}', f'"delta": {delta}']
+        parts += [f"{json.dumps(name)}: {json.dumps(value)}" for name, value in fields.items()]
+        return cls("{" + ", ".join(parts) + "}", key)
+
+
+PLUG_WAIT_S = 0.2  # from the plug to the first request of the batch
+ARRIVAL_GAP_S = 0.05  # between the batch's requests, so their order of arrival is known
+QUEUE_WAIT_S = 0.5  # from the last request to letting the database go
+
+
+async def send_as_one_batch(
+    base_url: str, database_url: str, token: str, plug: Call, calls: Sequence[Call]
+) -> tuple[httpx.Response, list[httpx.Response]]:
+    """Sends `calls` so that a one-worker service applies them as one batch, in this order.
+
+    With the write path held (write_gate), the `plug` is sent first: it becomes a batch of
+    its own, which waits in the database. Then each call goes on a connection of its own,
+    ARRIVAL_GAP_S apart; they queue behind the plug, and when the database is let go they
+    are taken together as the next batch. Returns the plug's response and the calls' in
+    order."""
+
+    async def send(call: Call) -> httpx.Response:
+        headers = {
+            "Authorization": f"Bearer {call.token or token}",
+            "Content-Type": "application/json",
+        }
+        if call.key is not None:
+            headers["Idempotency-Key"] = call.key
+        async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
+            return await client.post(
+                ADJUST_PATH, content=call.body.encode(), headers=headers, params=call.params
+            )
+
+    async with write_gate(database_url):
+        plugged = asyncio.create_task(send(plug))
+        await asyncio.sleep(PLUG_WAIT_S)
+        tasks = []
+        for call in calls:
+            tasks.append(asyncio.create_task(send(call)))
+            await asyncio.sleep(ARRIVAL_GAP_S)
+        await asyncio.sleep(QUEUE_WAIT_S)
+        assert not plugged.done(), f"the plug was not held: {plugged.result().text}"
+    responses = await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
+    return await plugged, list(responses)
+
+
+def assert_one_batch(responses: Sequence[httpx.Response]) -> None:
+    """The adjustments answered 200 were made in one transaction: a batch takes its time
+    once, so they all carry one `updated_at` (to the millisecond)."""
+    times = {r.json()["updated_at"] for r in responses if r.status_code == 200}
+    assert len(times) == 1, f"the requests were not applied as one batch: {sorted(times)}"

@@ -7,7 +7,7 @@ import re
 import httpx
 import pytest
 
-from tests.support import Backend, adjust, adjust_raw, new_customer
+from tests.support import Backend, adjust, adjust_raw, new_customer, sql
 
 ADJ_ID = re.compile(r"^adj_[0-9A-HJKMNP-TV-Z]{26}$")
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
@@ -141,6 +141,22 @@ def test_wrong_method_on_adjust_is_405(api: httpx.Client) -> None:
     assert "POST" in response.headers["allow"]
 
 
-def test_backend_kind(backend: Backend) -> None:
-    """Both databases are exercised (a guard against a fixture silently running one kind)."""
-    assert backend.kind in {"sqlite", "postgresql"}
+def test_the_server_records_in_the_database_of_its_kind(
+    api: httpx.Client, backend: Backend
+) -> None:
+    """The shared server works on its own database of the kind the test runs for (a guard
+    against a fixture silently running one kind twice): a customer and an adjustment made
+    over HTTP are in that very database, read behind the service's back."""
+    scheme = {"sqlite": "sqlite:///", "postgresql": "postgresql://"}[backend.kind]
+    assert backend.database_url.startswith(scheme)
+    customer = new_customer(api)
+    response = adjust(api, customer["id"], 2.5)
+    assert response.status_code == 200, response.text
+    assert sql(
+        backend.database_url, "SELECT email FROM customers WHERE id = $1", customer["id"]
+    ) == [(customer["email"],)]
+    assert sql(
+        backend.database_url,
+        "SELECT id, delta_hundredths FROM loyalty_adjustments WHERE customer_id = $1",
+        customer["id"],
+    ) == [(response.json()["id"], 250)]

@@ -13,6 +13,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -20,13 +21,18 @@ import httpx
 import jwt
 import pytest
 
+from tests.conftest import DatabaseFactory
 from tests.support import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
     JWT_SECRET,
     Backend,
+    Server,
+    adjust,
     login,
+    new_customer,
     run_cli,
+    sql,
 )
 from tests.test_http_errors import watch_responses
 
@@ -34,6 +40,15 @@ ALL_SCOPES = ("customers:read", "customers:write", "loyalty:read", "loyalty:writ
 REQUIRED = {"type": "unauthorized", "message": "Authentication required"}
 USER_ID = re.compile(r"^user_[0-9A-HJKMNP-TV-Z]{26}$")
 OTHER_SECRET = "another-secret-that-is-also-long-enough-for-hs256-9876543210"
+# Every customer this file makes has it in its email, and every list this file reads is
+# narrowed to it (`?q=`): the file sees only what it made, never what other files left in
+# the shared server (whose names the leak check below might take for SQL).
+MINE = f"auth-{uuid.uuid4().hex[:8]}"
+OWN_CUSTOMERS = f"/admin/customers?q={MINE}"
+
+
+def my_email() -> str:
+    return f"{MINE}-{uuid.uuid4().hex[:12]}@example.com"
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +70,7 @@ class AdminRoute:
     def call(self, client: httpx.Client, customer_id: str) -> httpx.Response:
         path = self.path.format(cid=customer_id)
         if self.name == "customers.create":
-            body: dict[str, Any] = {"email": f"auth-{uuid.uuid4().hex[:12]}@example.com"}
+            body: dict[str, Any] = {"email": my_email()}
             return client.post(path, json=body)
         if self.name == "points.adjust":
             return client.post(path, json={"customer_id": customer_id, "delta": 1})
@@ -64,7 +79,7 @@ class AdminRoute:
 
 ROUTES = [
     AdminRoute("customers.create", "POST", "/admin/customers", "customers:write", writes=True),
-    AdminRoute("customers.list", "GET", "/admin/customers", "customers:read"),
+    AdminRoute("customers.list", "GET", OWN_CUSTOMERS, "customers:read"),
     AdminRoute("customers.get", "GET", "/admin/customers/{cid}", "customers:read"),
     AdminRoute(
         "points.adjust", "POST", "/admin/loyalty/points/adjust", "loyalty:write", writes=True
@@ -107,9 +122,7 @@ def tokens(backend: Backend) -> Tokens:
 @pytest.fixture(scope="module")
 def customer_id(backend: Backend) -> str:
     with backend.client() as client:
-        response = client.post(
-            "/admin/customers", json={"email": f"auth-{uuid.uuid4().hex[:12]}@example.com"}
-        )
+        response = client.post("/admin/customers", json={"email": my_email()})
         assert response.status_code == 200, response.text
         value: str = response.json()["customer"]["id"]
         return value
@@ -136,7 +149,7 @@ def deleted_user_token(backend: Backend) -> str:
     assert created.returncode == 0, created.stderr
     token = login(backend.server, email, ADMIN_PASSWORD)
     with backend.client(token) as client:
-        assert client.get("/admin/customers").status_code == 200
+        assert client.get(OWN_CUSTOMERS).status_code == 200
     deleted = run_cli(backend.database_url, "user", "delete", "--email", email)
     assert deleted.returncode == 0, deleted.stderr
     response = httpx.post(
@@ -233,8 +246,9 @@ def ledger_size(backend: Backend, customer_id: str) -> int:
 
 
 def customer_count(backend: Backend) -> int:
+    """How many customers this file has made."""
     with backend.client() as client:
-        count: int = client.get("/admin/customers").json()["count"]
+        count: int = client.get(OWN_CUSTOMERS).json()["count"]
         return count
 
 
@@ -274,7 +288,7 @@ def test_bearer_scheme_is_case_insensitive(backend: Backend, scheme: str) -> Non
     """The auth scheme is case-insensitive (RFC 9110 section 11.1): any case of Bearer works."""
     headers = {"Authorization": f"{scheme} {backend.token}"}
     with httpx.Client(base_url=backend.server.base_url, headers=headers, timeout=30) as client:
-        assert client.get("/admin/customers").status_code == 200
+        assert client.get(OWN_CUSTOMERS).status_code == 200
 
 
 # --- 403 ---------------------------------------------------------------------------------
@@ -330,6 +344,152 @@ def test_authentication_comes_before_validation(anon: httpx.Client) -> None:
     assert response.json() == REQUIRED
 
 
+@pytest.mark.parametrize(
+    ("body", "params"),
+    [
+        ('{"delta": 0}', {}),
+        ('{"customer_id": "x", "delta": "5"}', {}),
+        ('{"customer_id": "x", "delta": 1, "points": 1}', {}),
+        ("not json", {}),
+        ('{"customer_id": "x", "delta": 1}', {"include_history": "maybe"}),
+    ],
+    ids=["zero-delta", "string-delta", "unknown-field", "not-json", "bad-query"],
+)
+def test_the_write_scope_is_checked_before_validation(
+    backend: Backend, tokens: Tokens, body: str, params: dict[str, str]
+) -> None:
+    """A loyalty:read-only token sending an invalid adjust request is 403 naming
+    loyalty:write, not a 400 that would describe a request it may not make at all."""
+    with backend.client(tokens.holding("loyalty:read")) as client:
+        response = client.post(
+            "/admin/loyalty/points/adjust",
+            content=body.encode(),
+            headers={"Content-Type": "application/json"},
+            params=params,
+        )
+    assert response.status_code == 403, response.text
+    assert response.json() == {
+        "type": "forbidden",
+        "message": "Missing required scope: loyalty:write",
+    }
+
+
+def set_scopes(backend: Backend, email: str, *scopes: str) -> None:
+    """Changes a user's scopes in the database, behind the service's back."""
+    sql(
+        backend.database_url,
+        "UPDATE users SET scopes = $1 WHERE email = $2",
+        " ".join(scopes),
+        email,
+    )
+    assert sql(backend.database_url, "SELECT scopes FROM users WHERE email = $1", email) == [
+        (" ".join(scopes),)
+    ]
+
+
+def test_a_scope_taken_away_applies_at_once_to_tokens_issued_before(backend: Backend) -> None:
+    """A token issued while its user held loyalty:write and loyalty:read: once the user loses
+    loyalty:write, adjust is 403 naming it and records nothing (the token's own claim is not
+    enough); once the user loses loyalty:read instead, the balance read is 403 naming it,
+    and adjust works again."""
+    email, token = backend.new_user("loyalty:read", "loyalty:write")
+    with backend.client() as admin:
+        customer_id = new_customer(admin)["id"]
+    forbidden_write = {"type": "forbidden", "message": "Missing required scope: loyalty:write"}
+    forbidden_read = {"type": "forbidden", "message": "Missing required scope: loyalty:read"}
+    with backend.client(token) as user:
+        assert adjust(user, customer_id, 5).status_code == 200
+        assert user.get(f"/admin/loyalty/points/{customer_id}").json()["balance"] == 5
+
+        set_scopes(backend, email, "loyalty:read")
+        refused = adjust(user, customer_id, 5)
+        assert refused.status_code == 403, refused.text
+        assert refused.json() == forbidden_write
+        assert user.get(f"/admin/loyalty/points/{customer_id}").json()["balance"] == 5
+        assert ledger_size(backend, customer_id) == 1
+
+        set_scopes(backend, email, "loyalty:write")
+        for path in (
+            f"/admin/loyalty/points/{customer_id}",
+            f"/admin/loyalty/points/{customer_id}/history",
+        ):
+            response = user.get(path)
+            assert response.status_code == 403, (path, response.text)
+            assert response.json() == forbidden_read
+        accepted = adjust(user, customer_id, 5)
+        assert accepted.status_code == 200, accepted.text
+        assert accepted.json()["balance_after"] == 10
+    assert ledger_size(backend, customer_id) == 2
+
+
+# --- an expired token, once accepted -------------------------------------------------------
+
+SHORT_TTL_S = 2
+
+
+def token_used_within_its_lifetime(server: Server) -> tuple[str, int, str]:
+    """Logs in at the start of a clock second (the token's lifetime is whole seconds) and
+    uses the token at once on adjust, a balance and a customers route, so that the service
+    has accepted it on each. A try that the machine made too slow for the token's short
+    life is made again. Returns the token, its expiry and the customer it made."""
+    for _ in range(5):
+        time.sleep(1 - time.time() % 1 + 0.01)
+        token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+        expires = int(
+            jwt.decode(token, JWT_SECRET, algorithms=["HS256"], options={"verify_exp": False})[
+                "exp"
+            ]
+        )
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=server.base_url, headers=headers, timeout=30) as client:
+            created = client.post(
+                "/admin/customers", json={"email": f"ttl-{uuid.uuid4().hex}@example.com"}
+            )
+            if created.status_code == 200:
+                customer_id = created.json()["customer"]["id"]
+                uses = [
+                    adjust(client, customer_id, 1),
+                    client.get(f"/admin/loyalty/points/{customer_id}"),
+                    client.get(f"/admin/customers/{customer_id}"),
+                ]
+                if all(use.status_code == 200 for use in uses):
+                    return token, expires, customer_id
+                refusals = [created, *uses]
+            else:
+                refusals = [created]
+        assert time.time() >= expires, (
+            "the token was refused before it expired",
+            [(r.status_code, r.text) for r in refusals],
+        )
+    pytest.fail("could not use a token within its lifetime five times running")
+
+
+def test_an_accepted_token_is_refused_once_it_expires(
+    databases: DatabaseFactory, tmp_path: Path
+) -> None:
+    """With LOYALTY_JWT_TTL_SECONDS=2, a token that adjust, a balance and a customers route
+    have each accepted (so the service knows it) is 401 "Authentication required" on each of
+    them once it has expired, and records nothing."""
+    with Server.start(
+        databases.new_url(), tmp_path, LOYALTY_JWT_TTL_SECONDS=str(SHORT_TTL_S)
+    ) as server:
+        token, expires, customer_id = token_used_within_its_lifetime(server)
+        time.sleep(max(0.0, expires - time.time()) + 0.5)
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=server.base_url, headers=headers, timeout=30) as client:
+            expired = [
+                adjust(client, customer_id, 1),
+                client.get(f"/admin/loyalty/points/{customer_id}"),
+                client.get(f"/admin/customers/{customer_id}"),
+                client.get("/admin/customers"),
+            ]
+        assert [r.status_code for r in expired] == [401] * 4, [r.text for r in expired]
+        assert all(r.json() == REQUIRED for r in expired)
+        fresh = {"Authorization": f"Bearer {login(server, ADMIN_EMAIL, ADMIN_PASSWORD)}"}
+        with httpx.Client(base_url=server.base_url, headers=fresh, timeout=30) as client:
+            assert client.get(f"/admin/loyalty/points/{customer_id}").json()["balance"] == 1
+
+
 # --- the token routes --------------------------------------------------------------------
 
 
@@ -352,7 +512,7 @@ def test_admin_token_returns_token_and_user(anon: httpx.Client) -> None:
     assert claims["sub"] == user["id"]
     assert claims["exp"] - claims["iat"] == 86400
     headers = {"Authorization": f"Bearer {body['token']}"}
-    assert anon.get("/admin/customers", headers=headers).status_code == 200
+    assert anon.get(OWN_CUSTOMERS, headers=headers).status_code == 200
 
 
 def test_admin_token_reports_the_users_names_and_scopes(backend: Backend) -> None:
@@ -397,7 +557,7 @@ def test_emailpass_returns_only_a_token(anon: httpx.Client) -> None:
     body = response.json()
     assert set(body) == {"token"}
     headers = {"Authorization": f"Bearer {body['token']}"}
-    assert anon.get("/admin/customers", headers=headers).status_code == 200
+    assert anon.get(OWN_CUSTOMERS, headers=headers).status_code == 200
 
 
 @pytest.mark.parametrize("path", ["/admin/auth/token", "/auth/user/emailpass"])

@@ -5,37 +5,29 @@ Each test works on fresh databases of its own (SQLite and PostgreSQL), never the
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
-import signal
 import sqlite3
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import httpx
 import pytest
+from ulid import ULID
 
 from tests.conftest import DatabaseFactory
 from tests.support import (
-    ADMIN_EMAIL,
-    ADMIN_PASSWORD,
-    LOYALTY,
-    STARTUP_TIMEOUT_S,
+    Backend,
     Server,
     adjust,
-    free_port,
-    login,
+    assert_verify,
     new_customer,
     run_cli,
-    service_env,
+    sql,
 )
 
 USER_ID = re.compile(r"^user_[0-9A-HJKMNP-TV-Z]{26}$")
@@ -44,26 +36,6 @@ PASSWORD = "a long enough password 123"
 
 
 # --- direct database access, behind the service's back ----------------------------------
-
-
-def sql_fetch(url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    """Runs one statement straight on the database (committed) and returns its rows."""
-    if url.startswith("sqlite:///"):
-        conn = sqlite3.connect(url.removeprefix("sqlite:///"), timeout=10)
-        try:
-            with conn:
-                return [tuple(row) for row in conn.execute(sql.replace("$1", "?"), args)]
-        finally:
-            conn.close()
-
-    async def run() -> list[tuple[Any, ...]]:
-        pg = await asyncpg.connect(url, timeout=10)
-        try:
-            return [tuple(row) for row in await pg.fetch(sql, *args)]
-        finally:
-            await pg.close()
-
-    return asyncio.run(run())
 
 
 def append_only_errors(url: str) -> tuple[type[BaseException], ...]:
@@ -96,36 +68,32 @@ def test_db_migrate_twice_is_fine(databases: DatabaseFactory) -> None:
     url = databases.new_url()
     first = run_cli(url, "db", "migrate")
     assert first.returncode == 0, first.stderr
-    version = sql_fetch(url, "SELECT version_num FROM alembic_version")
+    version = sql(url, "SELECT version_num FROM alembic_version")
     second = run_cli(url, "db", "migrate")
     assert second.returncode == 0, second.stderr
-    assert sql_fetch(url, "SELECT version_num FROM alembic_version") == version
+    assert sql(url, "SELECT version_num FROM alembic_version") == version
     assert len(version) == 1
 
 
 # --- loyalty user create ------------------------------------------------------------------
 
 
-@dataclass
-class Service:
-    url: str
-    server: Server
-
-
 @pytest.fixture(scope="module")
 def service(
     databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Service]:
+) -> Iterator[Backend]:
     """A fresh database of each kind with a running server, for this module's CLI tests."""
-    url = databases.new_url()
-    with Server.start(url, tmp_path_factory.mktemp("cli")) as server:
-        yield Service(url, server)
+    workdir = tmp_path_factory.mktemp("cli")
+    with Backend.start(databases.kind, databases.new_url(), workdir) as service:
+        yield service
 
 
-def test_user_create_prints_the_id_and_gives_every_scope(service: Service) -> None:
+def test_user_create_prints_the_id_and_gives_every_scope(service: Backend) -> None:
     """With no --scope, the new user's id is printed and the user logs in with all four scopes."""
     email = unique_email()
-    result = run_cli(service.url, "user", "create", "--email", email, "--password", PASSWORD)
+    result = run_cli(
+        service.database_url, "user", "create", "--email", email, "--password", PASSWORD
+    )
     assert result.returncode == 0, result.stderr
     printed = result.stdout.strip()
     assert USER_ID.match(printed), result.stdout
@@ -138,11 +106,11 @@ def test_user_create_prints_the_id_and_gives_every_scope(service: Service) -> No
     assert len(user["scopes"]) == 4
 
 
-def test_user_create_with_names(service: Service) -> None:
+def test_user_create_with_names(service: Backend) -> None:
     """--first-name and --last-name are stored and returned at login."""
     email = unique_email()
     result = run_cli(
-        service.url,
+        service.database_url,
         "user",
         "create",
         "--email",
@@ -159,11 +127,11 @@ def test_user_create_with_names(service: Service) -> None:
     assert (user["first_name"], user["last_name"]) == ("Ada", "Lovelace")
 
 
-def test_user_create_with_two_scopes_gets_exactly_those(service: Service) -> None:
+def test_user_create_with_two_scopes_gets_exactly_those(service: Backend) -> None:
     """--scope given twice gives exactly those two scopes, and the others are refused (403)."""
     email = unique_email()
     result = run_cli(
-        service.url,
+        service.database_url,
         "user",
         "create",
         "--email",
@@ -192,12 +160,18 @@ def test_user_create_with_two_scopes_gets_exactly_those(service: Service) -> Non
         assert adjust(client, customer_id, 1).status_code == 403
 
 
-def test_user_create_reads_the_password_from_stdin(service: Service) -> None:
+def test_user_create_reads_the_password_from_stdin(service: Backend) -> None:
     """--password-stdin takes the password from standard input; that password logs in."""
     email = unique_email()
     secret = f"stdin password {uuid.uuid4().hex}"
     result = run_cli(
-        service.url, "user", "create", "--email", email, "--password-stdin", stdin=secret + "\n"
+        service.database_url,
+        "user",
+        "create",
+        "--email",
+        email,
+        "--password-stdin",
+        stdin=secret + "\n",
     )
     assert result.returncode == 0, result.stderr
     assert USER_ID.match(result.stdout.strip()), result.stdout
@@ -206,14 +180,22 @@ def test_user_create_reads_the_password_from_stdin(service: Service) -> None:
     assert user_login(service.server.base_url, email, secret + "\n").status_code == 401
 
 
-def test_user_create_with_a_duplicate_email_fails_cleanly(service: Service) -> None:
+def test_user_create_with_a_duplicate_email_fails_cleanly(service: Backend) -> None:
     """A second user with the same email (in any case) exits non-zero with a clear message."""
     email = unique_email()
-    first = run_cli(service.url, "user", "create", "--email", email, "--password", PASSWORD)
+    first = run_cli(
+        service.database_url, "user", "create", "--email", email, "--password", PASSWORD
+    )
     assert first.returncode == 0, first.stderr
     for again in (email, email.upper()):
         result = run_cli(
-            service.url, "user", "create", "--email", again, "--password", "another password"
+            service.database_url,
+            "user",
+            "create",
+            "--email",
+            again,
+            "--password",
+            "another password",
         )
         assert_clean_failure(result)
         assert "already exists" in result.stderr.lower() or "duplicate" in result.stderr.lower()
@@ -223,11 +205,11 @@ def test_user_create_with_a_duplicate_email_fails_cleanly(service: Service) -> N
 
 
 @pytest.mark.parametrize("scope", ["loyalty:admin", "LOYALTY:READ", ""])
-def test_user_create_with_an_invalid_scope_fails_cleanly(service: Service, scope: str) -> None:
+def test_user_create_with_an_invalid_scope_fails_cleanly(service: Backend, scope: str) -> None:
     """An unknown scope exits non-zero naming the problem, and creates no user."""
     email = unique_email()
     result = run_cli(
-        service.url,
+        service.database_url,
         "user",
         "create",
         "--email",
@@ -249,30 +231,27 @@ def test_user_create_with_an_invalid_scope_fails_cleanly(service: Service, scope
 
 @dataclass
 class Ledger:
-    url: str
-    server: Server
+    service: Backend
     customer_ids: list[str]
-    adjustments: int
+
+    @property
+    def url(self) -> str:
+        return self.service.database_url
 
 
 @pytest.fixture(scope="module")
-def ledger(service: Service) -> Ledger:
+def ledger(service: Backend) -> Ledger:
     """Three customers with a few adjustments each, made over HTTP on the module's database."""
-    token = login(service.server, ADMIN_EMAIL, ADMIN_PASSWORD)
     customer_ids: list[str] = []
-    count = 0
-    with httpx.Client(
-        base_url=service.server.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
-    ) as api:
+    with service.client() as api:
         for deltas in ((100, -25, 0.5), (7,), (1000, -1000, 3, 4)):
             customer_id = new_customer(api)["id"]
             for delta in deltas:
                 response = adjust(api, customer_id, delta, "cli test")
                 assert response.status_code == 200, response.text
-                count += 1
             customer_ids.append(customer_id)
         new_customer(api)  # and one without adjustments
-    return Ledger(service.url, service.server, customer_ids, count)
+    return Ledger(service, customer_ids)
 
 
 def test_verify_passes_on_a_consistent_ledger(ledger: Ledger) -> None:
@@ -283,26 +262,93 @@ def test_verify_passes_on_a_consistent_ledger(ledger: Ledger) -> None:
     assert "Traceback" not in result.stderr
 
 
+# The checks of `loyalty verify` that a corrupted balance row trips, by the line it prints.
+SUM_CHECK = "each balance equals the exact sum of its deltas"
+COUNT_CHECK = "each balance row counts its customer's adjustments"
+TIP_CHECK = "each balance row matches its last adjustment (balance, id, time)"
+
+
+def failed_checks(url: str) -> dict[str, str]:
+    """Runs `loyalty verify`, which must exit 1; returns each `FAIL` line by the check it names."""
+    result = run_cli(url, "verify")
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "Traceback" not in output
+    failed = {}
+    for line in result.stdout.splitlines():
+        if line.startswith("FAIL"):
+            match = re.match(r"FAIL\s+(.+?): broken by \d+; customers: (.*)$", line)
+            assert match, line
+            failed[match.group(1)] = match.group(2)
+    assert re.search(rf"^{len(failed)} of \d+ checks failed", result.stdout, re.MULTILINE), output
+    return failed
+
+
 def test_verify_names_a_corrupted_customer(ledger: Ledger) -> None:
-    """A balance changed behind the service's back makes verify exit 1 naming that customer."""
-    broken, *healthy = ledger.customer_ids
-    sql = (
+    """A balance changed behind the service's back: verify exits 1 with exactly two named
+    failures, the balance is not the exact sum of the deltas and not the last balance_after
+    (the two always go together), each naming that customer and no other."""
+    broken = ledger.customer_ids[0]
+    statement = (
         "UPDATE loyalty_balances SET balance_hundredths = balance_hundredths {} 1"
         " WHERE customer_id = $1"
     )
-    sql_fetch(ledger.url, sql.format("+"), broken)
+    sql(ledger.url, statement.format("+"), broken)
     try:
-        result = run_cli(ledger.url, "verify")
-        output = result.stdout + result.stderr
-        assert result.returncode == 1, output
-        assert broken in output
-        for customer_id in healthy:
-            assert customer_id not in output
-        assert "Traceback" not in output
+        failed = failed_checks(ledger.url)
     finally:
-        sql_fetch(ledger.url, sql.format("-"), broken)
-    repaired = run_cli(ledger.url, "verify")
-    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+        sql(ledger.url, statement.format("-"), broken)
+    assert set(failed) == {SUM_CHECK, TIP_CHECK}, failed
+    assert failed[SUM_CHECK] == failed[TIP_CHECK] == broken
+    assert_verify(ledger.url)
+
+
+def test_verify_finds_an_adjustment_beyond_the_balance_row(ledger: Ledger) -> None:
+    """An adjustment appended behind the service's back, in a valid chain after the last one
+    but not counted in the balance row: verify exits 1 saying the balance is not the exact
+    sum of the deltas and the row does not count the adjustments, naming that customer; the
+    chain itself passes. Once the balance row takes it in, verify passes again."""
+    with ledger.service.client() as api:
+        customer_id = new_customer(api)["id"]
+        for delta in (10, -4):
+            assert adjust(api, customer_id, delta).status_code == 200
+    ((seq, after, created_at_ms, created_by),) = sql(
+        ledger.url,
+        "SELECT seq, balance_after_hundredths, created_at_ms, created_by"
+        " FROM loyalty_adjustments WHERE customer_id = $1 ORDER BY seq DESC LIMIT 1",
+        customer_id,
+    )
+    appended_at = created_at_ms + 1
+    appended_id = f"adj_{ULID.from_timestamp(appended_at / 1000)}"
+    sql(
+        ledger.url,
+        "INSERT INTO loyalty_adjustments (id, customer_id, seq, delta_hundredths,"
+        " balance_after_hundredths, reason, created_at_ms, created_by)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        appended_id,
+        customer_id,
+        seq + 1,
+        500,
+        after + 500,
+        "behind the service's back",
+        appended_at,
+        created_by,
+    )
+    failed = failed_checks(ledger.url)
+    assert set(failed) == {SUM_CHECK, COUNT_CHECK}, failed
+    assert failed[SUM_CHECK] == failed[COUNT_CHECK] == customer_id
+    # The ledger is append-only: the balance row is brought to the appended adjustment.
+    sql(
+        ledger.url,
+        "UPDATE loyalty_balances SET balance_hundredths = $2, last_seq = $3,"
+        " last_adjustment_id = $4, updated_at_ms = $5 WHERE customer_id = $1",
+        customer_id,
+        after + 500,
+        seq + 1,
+        appended_id,
+        appended_at,
+    )
+    assert_verify(ledger.url)
 
 
 @pytest.mark.parametrize(
@@ -322,57 +368,26 @@ def test_the_adjustments_table_is_append_only(ledger: Ledger, statement: str) ->
         "SELECT id, seq, delta_hundredths, balance_after_hundredths, reason, created_at_ms"
         " FROM loyalty_adjustments WHERE customer_id = $1 ORDER BY seq"
     )
-    before = sql_fetch(ledger.url, select, customer_id)
+    before = sql(ledger.url, select, customer_id)
     assert len(before) == 3
     with pytest.raises(append_only_errors(ledger.url)):
-        sql_fetch(ledger.url, statement, customer_id)
-    assert sql_fetch(ledger.url, select, customer_id) == before
+        sql(ledger.url, statement, customer_id)
+    assert sql(ledger.url, select, customer_id) == before
 
 
 # --- first start of serve ----------------------------------------------------------------
 
 
 @contextmanager
-def serve_without_admin_env(url: str, workdir: Path) -> Iterator[tuple[str, Path]]:
-    """`loyalty serve` with no LOYALTY_ADMIN_*; yields its base url and its stdout file."""
-    env = service_env(url)
-    del env["LOYALTY_ADMIN_EMAIL"]
-    del env["LOYALTY_ADMIN_PASSWORD"]
-    port = free_port()
-    tag = uuid.uuid4().hex[:6]
-    stdout_path = workdir / f"stdout-{tag}.log"
-    stderr_path = workdir / f"stderr-{tag}.log"
-    with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-        process = subprocess.Popen(
-            [*LOYALTY, "serve", "--port", str(port)],
-            stdout=out,
-            stderr=err,
-            env=env,
-            cwd=workdir,
-            start_new_session=True,
-        )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{stderr_path.read_text()}")
-            with suppress(httpx.HTTPError):
-                if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server did not become ready:\n{stderr_path.read_text()}")
-            time.sleep(0.1)
-        yield base_url, stdout_path
-    finally:
-        with suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
+def serve_without_admin_env(url: str, workdir: Path) -> Iterator[Server]:
+    """`loyalty serve` with no LOYALTY_ADMIN_*, its stdout kept apart from its log."""
+    with Server.start(
+        url,
+        workdir,
+        separate_stdout=True,
+        without_env=("LOYALTY_ADMIN_EMAIL", "LOYALTY_ADMIN_PASSWORD"),
+    ) as server:
+        yield server
 
 
 def test_first_start_prints_generated_admin_credentials_once(
@@ -381,20 +396,20 @@ def test_first_start_prints_generated_admin_credentials_once(
     """Without LOYALTY_ADMIN_*, the first start prints admin@localhost and a working password;
     the second start prints no password."""
     url = databases.new_url()
-    with serve_without_admin_env(url, tmp_path) as (base_url, stdout_path):
-        first_output = stdout_path.read_text()
+    with serve_without_admin_env(url, tmp_path) as server:
+        first_output = server.stdout()
         assert "admin@localhost" in first_output, first_output
         match = re.search(r"password\s*[:=]\s*(\S+)", first_output, re.IGNORECASE)
         assert match, first_output
         password = match.group(1)
         assert len(password) >= 12
-        response = user_login(base_url, "admin@localhost", password)
+        response = user_login(server.base_url, "admin@localhost", password)
         assert response.status_code == 200, response.text
         assert set(response.json()["user"]["scopes"]) == ALL_SCOPES
-        assert user_login(base_url, "admin@localhost", password + "x").status_code == 401
+        assert user_login(server.base_url, "admin@localhost", password + "x").status_code == 401
 
-    with serve_without_admin_env(url, tmp_path) as (base_url, stdout_path):
-        second_output = stdout_path.read_text()
+    with serve_without_admin_env(url, tmp_path) as server:
+        second_output = server.stdout()
         assert password not in second_output
         assert not re.search(r"password\s*[:=]", second_output, re.IGNORECASE), second_output
-        assert user_login(base_url, "admin@localhost", password).status_code == 200
+        assert user_login(server.base_url, "admin@localhost", password).status_code == 200

@@ -13,34 +13,30 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import httpx
-import pytest
 
-from tests.support import ADMIN_EMAIL, ADMIN_PASSWORD, Cluster, Server, decoded, login, run_cli
+from tests.support import (
+    Backend,
+    Server,
+    assert_verify,
+    decoded,
+    full_history_async,
+    log_tail,
+    statuses,
+)
 
 if TYPE_CHECKING:
-    from tests.conftest import DatabaseFactory
+    from tests.conftest import ServerPair
 
-WORKERS = 2
 IN_FLIGHT = 64
 DELTAS = ("1", "2.5", "0.01", "10")
 ADJUST_PATH = "/admin/loyalty/points/adjust"
 REQUEST_TIMEOUT_S = 60.0
 LOAD_TIMEOUT_S = 120.0
-
-
-@pytest.fixture(scope="module")
-def cluster(
-    databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Cluster]:
-    url = databases.new_url()
-    workdir = tmp_path_factory.mktemp(f"concurrency-{databases.kind}")
-    with Cluster.start(databases.kind, url, workdir, WORKERS) as cluster:
-        yield cluster
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -53,10 +49,6 @@ def async_client(server: Server, token: str, connections: int = IN_FLIGHT) -> ht
         timeout=httpx.Timeout(REQUEST_TIMEOUT_S),
         limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
     )
-
-
-def log_tail(*servers: Server, chars: int = 4000) -> str:
-    return "\n".join(f"--- {s.log_path} ---\n{s.log()[-chars:]}" for s in servers)
 
 
 async def create_customers(client: httpx.AsyncClient, count: int) -> list[str]:
@@ -99,28 +91,6 @@ async def fire(
     )
 
 
-async def history_oldest_first(client: httpx.AsyncClient, customer_id: str) -> list[Any]:
-    """The whole history, oldest first, read in pages of 100."""
-    items: list[Any] = []
-    count = None
-    for _ in range(10_000):
-        response = await client.get(
-            f"/admin/loyalty/points/{customer_id}/history",
-            params={"order": "created_at", "limit": "100", "offset": str(len(items))},
-        )
-        assert response.status_code == 200, response.text
-        page = decoded(response)
-        assert page["limit"] == 100
-        assert page["offset"] == len(items)
-        count = page["count"] if count is None else count
-        assert page["count"] == count, "the count changed between pages"
-        items.extend(page["adjustments"])
-        if not page["adjustments"] or len(items) >= count:
-            break
-    assert len(items) == count
-    return items
-
-
 async def balance_of(client: httpx.AsyncClient, customer_id: str) -> Decimal:
     response = await client.get(f"/admin/loyalty/points/{customer_id}")
     assert response.status_code == 200, response.text
@@ -140,18 +110,6 @@ def assert_chain(items: Sequence[Any]) -> None:
         previous_balance = Decimal(item["balance_after"])
         previous_id = item["id"]
         previous_created = item["created_at"]
-
-
-def assert_verify(url: str) -> None:
-    result = run_cli(url, "verify")
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def statuses(responses: Sequence[httpx.Response | httpx.TransportError]) -> Counter[object]:
-    """Status codes, and the names of transport errors for requests that got no response."""
-    return Counter(
-        r.status_code if isinstance(r, httpx.Response) else type(r).__name__ for r in responses
-    )
 
 
 def non_200_samples(
@@ -194,7 +152,7 @@ async def one_customer_load(
     assert max(balances_after) == expected
     assert len({b["id"] for b in bodies}) == total
 
-    history = await history_oldest_first(clients[0], customer_id)
+    history = await full_history_async(clients[0], customer_id)
     assert len(history) == total
     assert_chain(history)
     assert Decimal(history[-1]["balance_after"]) == expected
@@ -212,7 +170,7 @@ async def one_customer_load(
 # --- tests ---------------------------------------------------------------------------------
 
 
-def test_400_concurrent_adjustments_on_one_customer(cluster: Cluster) -> None:
+def test_400_concurrent_adjustments_on_one_customer(cluster: Backend) -> None:
     """400 concurrent decimal adjustments on one customer: all 200, exact sum, one chain."""
 
     async def main() -> None:
@@ -220,10 +178,10 @@ def test_400_concurrent_adjustments_on_one_customer(cluster: Cluster) -> None:
             await one_customer_load([client], [cluster.server], 400, seed=400)
 
     asyncio.run(main())
-    assert_verify(cluster.url)
+    assert_verify(cluster.database_url)
 
 
-def test_concurrent_redemptions_never_overdraw(cluster: Cluster) -> None:
+def test_concurrent_redemptions_never_overdraw(cluster: Backend) -> None:
     """300 concurrent -1 redemptions on a balance of 100: exactly 100 succeed, never negative."""
 
     async def main() -> None:
@@ -250,17 +208,17 @@ def test_concurrent_redemptions_never_overdraw(cluster: Cluster) -> None:
             assert accepted == [Decimal(n) for n in range(100)]
 
             assert await balance_of(client, customer_id) == 0
-            history = await history_oldest_first(client, customer_id)
+            history = await full_history_async(client, customer_id)
             assert len(history) == 101
             assert_chain(history)
             assert min(Decimal(item["balance_after"]) for item in history) >= 0
             assert Decimal(history[-1]["balance_after"]) == 0
 
     asyncio.run(main())
-    assert_verify(cluster.url)
+    assert_verify(cluster.database_url)
 
 
-def test_many_customers_interleaved(cluster: Cluster) -> None:
+def test_many_customers_interleaved(cluster: Backend) -> None:
     """20 customers x 20 adjustments, shuffled and concurrent: each balance is exact."""
     rng = random.Random(2020)
 
@@ -287,37 +245,27 @@ def test_many_customers_interleaved(cluster: Cluster) -> None:
                 assert decoded(response)["customer_id"] == cid
             for cid in customers:
                 assert await balance_of(client, cid) == expected[cid], cid
-                history = await history_oldest_first(client, cid)
+                history = await full_history_async(client, cid)
                 assert len(history) == 20
                 assert_chain(history)
                 assert Decimal(history[-1]["balance_after"]) == expected[cid]
             print(f"balances: {sorted(str(v) for v in expected.values())}")
 
     asyncio.run(main())
-    assert_verify(cluster.url)
+    assert_verify(cluster.database_url)
 
 
-def test_two_server_processes_on_one_postgresql_database(
-    databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
-) -> None:
+def test_two_server_processes_on_one_postgresql_database(pg_server_pair: ServerPair) -> None:
     """Two `loyalty serve --workers 2` on one PostgreSQL database: 400 adjustments stay exact."""
-    if databases.kind != "postgresql":
-        pytest.skip("two server processes on one database: the PostgreSQL deployment")
-    url = databases.new_url()
-    workdir = tmp_path_factory.mktemp("two-servers")
-    with (
-        Server.start(url, workdir, workers=WORKERS) as first,
-        Server.start(url, workdir, workers=WORKERS) as second,
-    ):
-        token = login(first, ADMIN_EMAIL, ADMIN_PASSWORD)
+    first, second = pg_server_pair.first, pg_server_pair.second
 
-        async def main() -> None:
-            half = IN_FLIGHT // 2
-            async with (
-                async_client(first, token, half) as a,
-                async_client(second, token, half) as b,
-            ):
-                await one_customer_load([a, b], [first, second], 400, seed=2)
+    async def main() -> None:
+        half = IN_FLIGHT // 2
+        async with (
+            async_client(first, pg_server_pair.token, half) as a,
+            async_client(second, pg_server_pair.token, half) as b,
+        ):
+            await one_customer_load([a, b], [first, second], 400, seed=2)
 
-        asyncio.run(main())
-    assert_verify(url)
+    asyncio.run(main())
+    assert_verify(pg_server_pair.url)

@@ -18,19 +18,22 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
+from loyalty.db import Connection, open_database
 from tests.support import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
+    Backend,
     Server,
+    assert_verify,
     decoded,
-    full_history,
+    full_history_async,
+    log_tail,
     login,
-    run_cli,
 )
 
 if TYPE_CHECKING:
@@ -91,10 +94,6 @@ def servers() -> Iterator[list[Server]]:
     yield launched
     for server in launched:
         server.stop()
-
-
-def log_tail(server: Server, chars: int = 4000) -> str:
-    return f"--- {server.log_path} ---\n{server.log()[-chars:]}"
 
 
 def new_customers(server: Server, token: str, count: int) -> list[str]:
@@ -188,7 +187,7 @@ def check_after_restart(server: Server, token: str, customers: Sequence[str], ta
             base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
         ) as client:
             for customer_id in customers:
-                history = await full_history(client, customer_id)
+                history = await full_history_async(client, customer_id)
                 response = await client.get(f"/admin/loyalty/points/{customer_id}")
                 assert response.status_code == 200, response.text
                 balance = Decimal(decoded(response)["balance"])
@@ -215,11 +214,6 @@ def check_after_restart(server: Server, token: str, customers: Sequence[str], ta
         return figures
 
     return "; ".join(asyncio.run(main()))
-
-
-def assert_verify(url: str) -> None:
-    result = run_cli(url, "verify")
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 # --- tests ---------------------------------------------------------------------------------
@@ -287,3 +281,46 @@ def test_sigterm_under_load_finishes_in_flight_requests_and_exits_0(
     figures = check_after_restart(servers[-1], token, customers, tally)
     print(f"[{site.kind}] after SIGTERM and restart: {figures}")
     assert_verify(site.url)
+
+
+# --- what makes a commit durable ------------------------------------------------------------
+
+# What each kind of database must say on every connection the service writes or reads with:
+# SQLite in WAL mode syncing the WAL at every commit (FULL; NORMAL may lose the last commits
+# on a power cut, which no SIGKILL shows); PostgreSQL flushing its WAL before a commit returns.
+DURABILITY: dict[str, list[tuple[str, set[Any]]]] = {
+    "sqlite": [("PRAGMA synchronous", {2}), ("PRAGMA journal_mode", {"wal"})],
+    "postgresql": [
+        ("SHOW synchronous_commit", {"on", "local", "remote_write", "remote_apply"}),
+        ("SHOW fsync", {"on"}),
+    ],
+}
+
+
+def test_every_connection_of_the_service_commits_durably(backend: Backend) -> None:
+    """The database opened as the service opens it (loyalty.db.open_database) syncs every
+    commit to disk on its write path (write() and the hot path's transact()) and on its read
+    connections: a setting that a crash of the process cannot reveal, only a crash of the
+    machine."""
+
+    async def ask(conn: Connection) -> list[Any]:
+        return [await conn.fetchval(query) for query, _ in DURABILITY[backend.kind]]
+
+    async def main() -> dict[str, list[Any]]:
+        db = await open_database(backend.database_url)
+        try:
+            async with db.write() as conn:
+                write = await ask(conn)
+            transact = await db.transact(ask)
+            async with db.read() as conn:
+                read = await ask(conn)
+            async with db.read(snapshot=True) as conn:
+                snapshot = await ask(conn)
+        finally:
+            await db.close()
+        return {"write": write, "transact": transact, "read": read, "snapshot": snapshot}
+
+    for path, answers in asyncio.run(main()).items():
+        for (query, allowed), answer in zip(DURABILITY[backend.kind], answers, strict=True):
+            value = answer.lower() if isinstance(answer, str) else answer
+            assert value in allowed, f"{path}: {query} is {answer!r}, not one of {allowed}"

@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -34,18 +34,19 @@ from tests.support import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
     Backend,
-    Cluster,
     Server,
+    assert_verify,
     decoded,
     free_port,
-    full_history,
+    full_history_async,
+    log_tail,
     login,
     new_customer,
-    run_cli,
+    statuses,
 )
 
 if TYPE_CHECKING:
-    from tests.conftest import DatabaseFactory
+    from tests.conftest import DatabaseFactory, ServerPair
 
 ADJUST_PATH = "/admin/loyalty/points/adjust"
 KEY_HEADER = "Idempotency-Key"
@@ -121,15 +122,6 @@ def assert_error(response: httpx.Response, status: int, error_type: str) -> Any:
     return body
 
 
-def assert_verify(url: str) -> None:
-    result = run_cli(url, "verify")
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def log_tail(*servers: Server, chars: int = 4000) -> str:
-    return "\n".join(f"--- {s.log_path} ---\n{s.log()[-chars:]}" for s in servers)
-
-
 def async_client(token: str, connections: int, base_url: str = "") -> httpx.AsyncClient:
     return httpx.AsyncClient(
         base_url=base_url,
@@ -165,12 +157,6 @@ def assert_each_key_once(history: Sequence[Any], keys: Sequence[str]) -> None:
         assert Decimal(item["delta"]) == 1
         assert Decimal(item["balance_after"]) == position, item
     assert [item["id"] for item in history] == sorted(item["id"] for item in history)
-
-
-def statuses(responses: Sequence[httpx.Response | httpx.TransportError]) -> Counter[object]:
-    return Counter(
-        r.status_code if isinstance(r, httpx.Response) else type(r).__name__ for r in responses
-    )
 
 
 def check_race(
@@ -509,19 +495,7 @@ def test_a_255_character_visible_ascii_key_is_accepted(
 # --- races ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def cluster(
-    databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Cluster]:
-    url = databases.new_url()
-    workdir = tmp_path_factory.mktemp(f"idempotency-{databases.kind}")
-    with Cluster.start(databases.kind, url, workdir, WORKERS) as cluster:
-        yield cluster
-    # Whatever the races did, every ledger invariant holds over the whole database.
-    assert_verify(url)
-
-
-def cluster_customer(cluster: Cluster) -> str:
+def cluster_customer(cluster: Backend) -> str:
     with httpx.Client(
         base_url=cluster.server.base_url,
         headers={"Authorization": f"Bearer {cluster.token}"},
@@ -546,7 +520,7 @@ async def send_keyed_jobs(
     )
 
 
-def test_30_concurrent_requests_with_one_key_apply_once(cluster: Cluster) -> None:
+def test_30_concurrent_requests_with_one_key_apply_once(cluster: Backend) -> None:
     """30 identical requests with one key at once, on 2 workers: one adjustment; every answer
     is that 200 (or its replay) or a 409 conflict."""
     customer_id = cluster_customer(cluster)
@@ -557,7 +531,7 @@ def test_30_concurrent_requests_with_one_key_apply_once(cluster: Cluster) -> Non
     async def main() -> tuple[list[httpx.Response | httpx.TransportError], list[Any]]:
         async with async_client(cluster.token, 30) as client:
             responses = await send_keyed_jobs([(client, base, body, key)] * 30)
-            history = await full_history(client, customer_id, base)
+            history = await full_history_async(client, customer_id, base)
             return responses, history
 
     responses, history = asyncio.run(main())
@@ -596,7 +570,7 @@ def race_many_keys(
         async with async_client(token, 64) as client:
             jobs = [(client, base, body_text(customer_id, "1", key), key) for base, key in plan]
             responses = await send_keyed_jobs(jobs)
-            history = await full_history(client, customer_id, bases[0])
+            history = await full_history_async(client, customer_id, bases[0])
             return responses, history
 
     responses, history = asyncio.run(main())
@@ -627,7 +601,7 @@ def check_many_keys(
     return replays, conflicts
 
 
-def test_50_keys_sent_4_times_each_concurrently_apply_50_times(cluster: Cluster) -> None:
+def test_50_keys_sent_4_times_each_concurrently_apply_50_times(cluster: Backend) -> None:
     """200 concurrent requests, 50 distinct keys each sent 4 times, on 2 workers: exactly 50
     adjustments, balance 50."""
     customer_id = cluster_customer(cluster)
@@ -652,52 +626,44 @@ def test_50_keys_sent_4_times_each_concurrently_apply_50_times(cluster: Cluster)
 
 
 def test_two_server_processes_apply_each_key_once_on_postgresql(
-    databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
+    pg_server_pair: ServerPair,
 ) -> None:
     """Two `loyalty serve --workers 2` on one PostgreSQL database, the same keys sent to both
     at once: each key is applied exactly once."""
-    if databases.kind != "postgresql":
-        pytest.skip("two server processes on one database: the PostgreSQL deployment")
-    url = databases.new_url()
-    workdir = tmp_path_factory.mktemp("idempotency-two-servers")
-    with (
-        Server.start(url, workdir, workers=WORKERS) as first,
-        Server.start(url, workdir, workers=WORKERS) as second,
-    ):
-        token = login(first, ADMIN_EMAIL, ADMIN_PASSWORD)
+    first, second, token = pg_server_pair.first, pg_server_pair.second, pg_server_pair.token
+    with httpx.Client(
+        base_url=first.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ) as client:
+        customer_id = new_customer(client)["id"]
+    keys = [new_key(f"two{i:02d}") for i in range(60)]
+    responses, plan, history = race_many_keys(
+        [first.base_url, second.base_url], token, customer_id, keys, 4, seed=2
+    )
+    replays, conflicts = check_many_keys(responses, plan, history, keys)
+    print(
+        f"\n[postgresql] two servers, 60 keys x 4 (2 to each server):"
+        f" statuses {dict(statuses(responses))}, replays {replays}, conflicts {conflicts}"
+    )
+    ran = {
+        decoded(r)["id"]: r.content
+        for r in responses
+        if isinstance(r, httpx.Response)
+        and r.status_code == 200
+        and REPLAYED.lower() not in r.headers
+    }
+    # Afterwards each key replays its one response from either server.
+    for server in (first, second):
         with httpx.Client(
-            base_url=first.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+            base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
         ) as client:
-            customer_id = new_customer(client)["id"]
-        keys = [new_key(f"two{i:02d}") for i in range(60)]
-        responses, plan, history = race_many_keys(
-            [first.base_url, second.base_url], token, customer_id, keys, 4, seed=2
-        )
-        replays, conflicts = check_many_keys(responses, plan, history, keys)
-        print(
-            f"\n[{databases.kind}] two servers, 60 keys x 4 (2 to each server):"
-            f" statuses {dict(statuses(responses))}, replays {replays}, conflicts {conflicts}"
-        )
-        ran = {
-            decoded(r)["id"]: r.content
-            for r in responses
-            if isinstance(r, httpx.Response)
-            and r.status_code == 200
-            and REPLAYED.lower() not in r.headers
-        }
-        # Afterwards each key replays its one response from either server.
-        for server in (first, second):
-            with httpx.Client(
-                base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
-            ) as client:
-                for key in keys[:10]:
-                    response = keyed(client, body_text(customer_id, "1", key), key)
-                    assert response.status_code == 200, response.text
-                    assert response.headers.get(REPLAYED) == "true"
-                    assert ran[decoded(response)["id"]] == response.content
-                final = state(client, customer_id)
-                assert final.balance == 60 and final.count == 60, log_tail(first, second)
-    assert_verify(url)
+            for key in keys[:10]:
+                response = keyed(client, body_text(customer_id, "1", key), key)
+                assert response.status_code == 200, response.text
+                assert response.headers.get(REPLAYED) == "true"
+                assert ran[decoded(response)["id"]] == response.content
+            final = state(client, customer_id)
+            assert final.balance == 60 and final.count == 60, log_tail(first, second)
+    assert_verify(pg_server_pair.url)
 
 
 # --- SIGKILL while clients retry -----------------------------------------------------------
@@ -850,7 +816,7 @@ def test_sigkill_while_clients_retry_applies_every_key_exactly_once(
             async with async_client(token, 8) as client:
                 for customer_id in customers:
                     keys = [key for key, cid in tally.keys.items() if cid == customer_id]
-                    history = await full_history(client, customer_id, target.base_url)
+                    history = await full_history_async(client, customer_id, target.base_url)
                     assert_each_key_once(history, keys)
                     by_reason = {item["reason"]: item for item in history}
                     for key in keys:

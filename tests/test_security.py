@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import socket
-import statistics
 import time
 import uuid
 import warnings
@@ -85,18 +84,26 @@ def assert_throttled(response: httpx.Response) -> None:
 
 
 @pytest.fixture(scope="module")
-def throttled(
-    databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[str, Server]]:
-    """A server of its own with 3 failed logins allowed per email (and many per address)."""
-    url = databases.new_url()
-    with Server.start(
-        url,
-        tmp_path_factory.mktemp("throttled"),
+def own(databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    """A server of this file's own, on a fresh database: 3 failed logins allowed per email
+    (and many per address) for the throttling tests; and the SQL-like names and reasons of
+    the injection tests stay here, out of the session's shared server, where other files
+    list customers and check responses for leaked SQL."""
+    with Backend.start(
+        databases.kind,
+        databases.new_url(),
+        tmp_path_factory.mktemp("security"),
         LOYALTY_LOGIN_MAX_FAILURES_PER_EMAIL="3",
         LOYALTY_LOGIN_MAX_FAILURES_PER_ADDRESS="1000",
-    ) as server:
-        yield url, server
+    ) as backend:
+        yield backend
+
+
+@pytest.fixture
+def own_api(own: Backend) -> Iterator[httpx.Client]:
+    """The admin's client on this file's own server."""
+    with own.client() as client:
+        yield client
 
 
 # --- login throttling -----------------------------------------------------------------------
@@ -124,11 +131,11 @@ def test_default_login_limits_and_closed_cors() -> None:
             Settings.from_env({name: value})
 
 
-def test_failed_logins_per_email_are_limited(throttled: tuple[str, Server]) -> None:
+def test_failed_logins_per_email_are_limited(own: Backend) -> None:
     """Successful logins do not count; after 3 failures the email gets 429 with Retry-After on
     both login routes, in any letter case, even with the right password; another email and
     the client address are unaffected."""
-    url, server = throttled
+    url, server = own.database_url, own.server
     email, other = make_user(url), make_user(url)
     for _ in range(2):
         assert post_login(server.base_url, email, ADMIN_PASSWORD).status_code == 200
@@ -142,10 +149,10 @@ def test_failed_logins_per_email_are_limited(throttled: tuple[str, Server]) -> N
     assert post_login(server.base_url, other, ADMIN_PASSWORD).status_code == 200
 
 
-def test_an_unknown_email_is_limited_like_a_known_one(throttled: tuple[str, Server]) -> None:
+def test_an_unknown_email_is_limited_like_a_known_one(own: Backend) -> None:
     """An email no user has is throttled after the same 3 failures, so a 429 reveals nothing
     about which emails exist."""
-    _, server = throttled
+    server = own.server
     email = unknown_email()
     for _ in range(3):
         assert post_login(server.base_url, email, "wrong password").json() == INVALID_LOGIN
@@ -207,8 +214,12 @@ def test_a_trusted_proxy_forwards_the_client_address(
 def test_unknown_email_costs_as_much_as_a_wrong_password(
     databases: DatabaseFactory, tmp_path: Path
 ) -> None:
-    """The median time of a login for an unknown email is within a factor of 2 of one with a
-    wrong password for a real user (both check a password hash), so timing reveals nothing."""
+    """A login for an unknown email costs within a factor of 2 of one with a wrong password
+    for a real user (both check a password hash), so timing reveals nothing. Measured
+    against each other in this test, never against a fixed time: pairs are interleaved so a
+    load spike hits both kinds alike, and each kind's fastest try is compared, since a busy
+    machine only ever adds time (skipping the hash makes the unknown email's login about 5
+    times cheaper: a ratio near 0.2)."""
     url = databases.new_url()
     email = make_user(url)
     with Server.start(url, tmp_path, LOYALTY_LOGIN_MAX_FAILURES_PER_EMAIL="100") as server:
@@ -222,11 +233,11 @@ def test_unknown_email_costs_as_much_as_a_wrong_password(
 
         timed(email), timed(unknown_email())  # warm up both paths
         wrong_password, unknown = [], []
-        for _ in range(5):  # interleaved, so a load spike on the machine hits both alike
+        for _ in range(7):
             wrong_password.append(timed(email))
             unknown.append(timed(unknown_email()))
-    ratio = statistics.median(unknown) / statistics.median(wrong_password)
-    assert 0.5 <= ratio <= 2.0, (wrong_password, unknown)
+    ratio = min(unknown) / min(wrong_password)
+    assert 0.5 <= ratio <= 2.0, (ratio, wrong_password, unknown)
 
 
 # --- tokens ---------------------------------------------------------------------------------
@@ -475,9 +486,10 @@ INJECTIONS = [
 ]
 
 
-def test_injection_strings_in_customer_fields_and_q_are_literal(api: httpx.Client) -> None:
+def test_injection_strings_in_customer_fields_and_q_are_literal(own_api: httpx.Client) -> None:
     """Customer names and emails full of SQL are stored and returned byte for byte, and `q`
     holding them finds exactly the customer that contains them, nothing more."""
+    api = own_api
     before = api.get("/admin/customers").json()["count"]
     tag = uuid.uuid4().hex[:10]
     made = []
@@ -531,8 +543,9 @@ def test_injection_strings_as_customer_ids_are_literal(api: httpx.Client) -> Non
     assert api.get(f"/admin/loyalty/points/{real['id']}/history").json()["count"] == 0
 
 
-def test_injection_strings_as_reasons_are_stored_exactly(api: httpx.Client) -> None:
+def test_injection_strings_as_reasons_are_stored_exactly(own_api: httpx.Client) -> None:
     """A reason full of SQL is one adjustment whose reason reads back byte for byte."""
+    api = own_api
     customer = new_customer(api)
     for text in INJECTIONS:
         assert adjust(api, customer["id"], 1, text).status_code == 200
@@ -544,9 +557,9 @@ def test_injection_strings_as_reasons_are_stored_exactly(api: httpx.Client) -> N
     assert api.get(f"/admin/loyalty/points/{customer['id']}").json()["balance"] == len(INJECTIONS)
 
 
-def test_injection_strings_in_login_are_a_plain_401(throttled: tuple[str, Server]) -> None:
+def test_injection_strings_in_login_are_a_plain_401(own: Backend) -> None:
     """SQL in a login's email or password is an ordinary wrong login: 401, no token."""
-    _, server = throttled
+    server = own.server
     for text in ["' OR '1'='1' --@example.com", "admin@example.com' --", "x'||'@example.com"]:
         response = post_login(server.base_url, text, "' OR '1'='1")
         assert response.status_code == 401, response.text
