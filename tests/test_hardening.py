@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import stat
 import time
@@ -248,6 +249,29 @@ def test_headers_over_the_limit_get_431_before_they_are_read_whole(bounded: Back
     with _connect(bounded) as sock:
         sock.sendall(near)
         assert sock.recv(12) == b"HTTP/1.1 200"
+
+
+def test_requests_sent_back_to_back_are_measured_one_by_one(bounded: Backend) -> None:
+    """Two requests written at once on one kept-alive connection, the second with a body of
+    60 KiB: the second head ends where its body begins, so its body is not taken for an
+    oversized head. Both are answered as they would be alone."""
+    body = json.dumps({"email": "x@example.com", "first_name": "n" * 60_000}).encode()
+    second = (
+        b"POST /admin/customers HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {bounded.token}\r\nContent-Length: {len(body)}\r\n".encode()
+        + b"Connection: close\r\n\r\n"
+        + body
+    )
+    first = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    with _connect(bounded) as sock:
+        # The first read holds the first request, the second's head and a bit of its body;
+        # the rest of the body comes in later reads.
+        sock.sendall(first + second[:-59_000])
+        time.sleep(0.3)
+        sock.sendall(second[-59_000:])
+        answers = _read_all(sock)
+    statuses = [int(status) for status in re.findall(rb"HTTP/1\.1 (\d{3}) ", answers)]
+    assert statuses == [200, 400], answers[:500]
 
 
 @pytest.mark.parametrize(

@@ -36,7 +36,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
-        self._head_open = True  # still reading a request's head
+        self._head_open = True  # reading a request's head (its request line and headers)
         self._head_bytes = 0
         self._head_tail = b""  # the last bytes seen, for a head end split across reads
 
@@ -50,13 +50,24 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._deadline is None:
-            self._start_deadline()  # the first bytes of a new request on a kept connection
         if self._head_open and not self._count_head(data):
             limit = f"Request headers must be at most {HEAD_MAX_BYTES} bytes"
             self._refuse(RequestHeadTooLarge(limit))
             return
         super().data_received(data)
+
+    # The parser's callbacks say where a request's head ends and the next one's may begin: a
+    # read can hold the end of one request's body and the start of the next request's head,
+    # whose bytes in that read go uncounted (the bound is then the limit plus one read).
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_open = True
+        if self._deadline is None:
+            self._start_deadline()
+
+    def on_headers_complete(self) -> None:
+        self._head_open = False
+        super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -64,15 +75,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_open, self._head_bytes, self._head_tail = True, 0, b""
 
     def _count_head(self, data: bytes) -> bool:
-        """Counts the head's bytes in `data`; False once they pass HEAD_MAX_BYTES."""
+        """Counts the bytes of `data` that belong to the head being read (those up to its
+        end, if it ends here); False once they pass HEAD_MAX_BYTES."""
         joined = self._head_tail + data
         end = joined.find(_HEAD_END)
         if end < 0:
             self._head_bytes += len(data)
-            self._head_tail = joined[-(len(_HEAD_END) - 1) :]
         else:
-            self._head_bytes += end + len(_HEAD_END) - len(self._head_tail)
-            self._head_open = False
+            self._head_bytes += max(0, end + len(_HEAD_END) - len(self._head_tail))
+        self._head_tail = joined[-(len(_HEAD_END) - 1) :]
         return self._head_bytes <= HEAD_MAX_BYTES
 
     def _start_deadline(self) -> None:
