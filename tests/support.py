@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -396,6 +397,69 @@ def sql(database_url: str, statement: str, *args: Any) -> list[tuple[Any, ...]]:
             await pg.close()
 
     return asyncio.run(run())
+
+
+@contextmanager
+def append_only_lifted(database_url: str) -> Iterator[None]:
+    """Lets UPDATE and DELETE reach loyalty_adjustments for the block, as someone with
+    direct access to the database could, and puts the append-only guard back after.
+
+    SQLite: the table's triggers are dropped and recreated from their own SQL. PostgreSQL:
+    the table's user triggers are disabled and enabled again."""
+    if database_url.startswith("sqlite:///"):
+        triggers = sql(
+            database_url,
+            "SELECT name, sql FROM sqlite_master"
+            " WHERE type = 'trigger' AND tbl_name = 'loyalty_adjustments'",
+        )
+        for name, _ in triggers:
+            sql(database_url, f'DROP TRIGGER "{name}"')
+        try:
+            yield
+        finally:
+            for _, text in triggers:
+                sql(database_url, text)
+        return
+    sql(database_url, "ALTER TABLE loyalty_adjustments DISABLE TRIGGER USER")
+    try:
+        yield
+    finally:
+        sql(database_url, "ALTER TABLE loyalty_adjustments ENABLE TRIGGER USER")
+
+
+@dataclass
+class VerifyReport:
+    """What `loyalty verify` printed: its exit code, its output, and each failed check's
+    line by the check's own words."""
+
+    returncode: int
+    output: str
+    failed: dict[str, str]
+
+    def failed_check(self, *words: str) -> str:
+        """The one failed check whose name holds every word (case-insensitive)."""
+        found = [name for name in self.failed if all(w.lower() in name.lower() for w in words)]
+        assert len(found) == 1, f"no single failed check names {words}:\n{self.output}"
+        return found[0]
+
+
+def verify_report(database_url: str) -> VerifyReport:
+    """Runs `loyalty verify` and reads its `FAIL  <check>: ...` lines."""
+    result = run_cli(database_url, "verify")
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output
+    failed: dict[str, str] = {}
+    for line in result.stdout.splitlines():
+        match = re.match(r"FAIL\s+(.+?):\s+(.*)$", line)
+        if match:
+            failed[match.group(1)] = match.group(2)
+    return VerifyReport(result.returncode, output, failed)
+
+
+def iso_in(seconds: float) -> str:
+    """The time `seconds` from now (negative: ago) in the API's format, to the millisecond."""
+    moment = datetime.now(UTC) + timedelta(seconds=seconds)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 @asynccontextmanager
