@@ -456,6 +456,19 @@ def verify_report(database_url: str) -> VerifyReport:
     return VerifyReport(result.returncode, output, failed)
 
 
+def chained_hash(previous_hash: str, item: Mapping[str, Any]) -> str:
+    """An adjustment's hash recomputed from its API object (amounts as the JSON numbers the
+    API wrote, read with `decoded`) and its customer's previous hash, with the service's own
+    canonical encoding (SPEC section 6, invariant 8)."""
+    from loyalty.ledger import chain
+
+    fields = dict(item)
+    for name in ("delta", "balance_after"):
+        fields[name] = str(item[name])
+    hashed: str = chain.link(previous_hash, fields)
+    return hashed
+
+
 def iso_in(seconds: float) -> str:
     """The time `seconds` from now (negative: ago) in the API's format, to the millisecond."""
     moment = datetime.now(UTC) + timedelta(seconds=seconds)

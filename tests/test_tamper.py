@@ -19,7 +19,6 @@ from typing import Any
 
 import httpx
 import pytest
-from loyalty.ledger.chain import adjustment_hash
 
 from tests.conftest import DatabaseFactory
 from tests.support import (
@@ -28,6 +27,7 @@ from tests.support import (
     adjust,
     append_only_lifted,
     assert_verify,
+    chained_hash,
     decoded,
     full_history,
     iso_in,
@@ -397,5 +397,5 @@ def test_each_hash_chains_on_the_previous_one(api: httpx.Client) -> None:
     for item in items:
         assert item["customer_id"] == customer_id
         assert HASH.match(item["hash"]), item
-        assert item["hash"] == adjustment_hash(previous, item), item
+        assert item["hash"] == chained_hash(previous, item), item
         previous = item["hash"]
