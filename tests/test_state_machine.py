@@ -948,7 +948,7 @@ class LedgerMachine(RuleBasedStateMachine):
         theirs = sorted(set(self.references[other]) - set(mine))
         if mine and pick % 3 == 0:
             reference = mine[pick % len(mine)]
-            body = {"customer_id": customer, "delta": abs(delta), "reference": reference}
+            body = {"customer_id": customer, "delta": float(abs(delta)), "reference": reference}
             response = self._request("POST", ADJUST, json=body)
             error = self._error(response, 409, "conflict")
             assert self.references[customer][reference] in error["message"], error
@@ -966,7 +966,7 @@ class LedgerMachine(RuleBasedStateMachine):
         how=st.sampled_from(["all", "all", "part", "part", "too much", "invalid", "unknown"]),
         percent=st.integers(1, 99),
         reason=st.none() | st.just("refund"),
-        invalid=st.sampled_from([0, -1, "5", 1.001, True, None]),
+        invalid=st.sampled_from([0, -1, "5", 1.001, True]),
     )
     def reverse(
         self,
