@@ -103,10 +103,10 @@ PND_ID = re.compile(r"^pnd_[0-9A-HJKMNP-TV-Z]{26}$")
 # The server's scheduler runs this often; whatever falls due within GUARD_MS of a step is
 # waited for (and recorded by the scheduler) before the step, so that no step races it.
 SCHEDULER_INTERVAL = "0.1"
-GUARD_MS = 400
+GUARD_MS = 500
 SETTLE_TIMEOUT_S = 20.0
 # How far ahead credits expire and held points are released: some within a run, some not.
-SOON_S = [0.3, 0.6, 3600.0, 3600.0]
+SOON_S = [0.3, 1.5, 3600.0, 3600.0]
 
 # Deltas with at most 2 places within ±1000, leaning positive so balances build up.
 _magnitudes = st.decimals(

@@ -341,6 +341,36 @@ def test_an_edited_reason_breaks_only_the_hash_chain(service: Backend, api: http
     assert_verify(url)
 
 
+@pytest.mark.parametrize(
+    ("column", "forged"),
+    [
+        ("created_by", "user_01ARZ3NDEKTSV4RRFFQ69G5FAV"),
+        ("reference", "forged-order"),
+        ("metadata", '{"note": "forged"}'),
+    ],
+)
+def test_a_field_outside_the_sums_edited_breaks_only_the_hash_chain(
+    service: Backend, api: httpx.Client, column: str, forged: str
+) -> None:
+    """Who made an adjustment, its reference or its metadata changed in place: nothing adds
+    up differently, yet the hash chain check fails alone and names that adjustment as the
+    first broken link (SPEC invariant 8 hashes every field)."""
+    url = service.database_url
+    customer_id, items = customer_with_ledger(api)
+    edited = items[3]
+    (before,) = sql(url, f"SELECT {column} FROM loyalty_adjustments WHERE id = $1", edited["id"])
+    statement = f"UPDATE loyalty_adjustments SET {column} = $2 WHERE id = $1"
+    with append_only_lifted(url):
+        sql(url, statement, edited["id"], forged)
+        try:
+            report = assert_broken(url, customer_id, HASH_CHECK)
+        finally:
+            sql(url, statement, edited["id"], before[0])
+    assert len(report.failed) == 1, f"more than the hash chain failed:\n{report.output}"
+    assert first_links(report, customer_id) == [edited["id"]], report.output
+    assert_verify(url)
+
+
 def test_swapped_hashes_break_only_the_hash_chain(service: Backend, api: httpx.Client) -> None:
     """Two adjustments' hashes swapped (each a well-formed hash of this ledger): only the
     hash chain check fails, naming the earlier of the two as the first broken link."""
