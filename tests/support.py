@@ -19,7 +19,6 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -471,6 +470,8 @@ def chained_hash(previous_hash: str, item: Mapping[str, Any]) -> str:
 
 def iso_in(seconds: float) -> str:
     """The time `seconds` from now (negative: ago) in the API's format, to the millisecond."""
+    from datetime import UTC, datetime, timedelta
+
     moment = datetime.now(UTC) + timedelta(seconds=seconds)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
