@@ -340,6 +340,8 @@ def test_an_existing_ledger_upgrades_to_types_and_a_hash_chain(
             assert new["last_hash"] == tip["hash"], new
         for name in set(new) - OLD_BALANCE_COLUMNS - {"pending_hundredths", "last_hash"}:
             assert new[name] is None, f"{name} of a migrated balance row: {new[name]!r}"
+    # No credit had an expiry before, so nothing expires and nothing is held.
+    assert sql(url, "SELECT count(*) FROM loyalty_lots") == [(0,)]
     assert sql(url, "SELECT count(*) FROM loyalty_pending") == [(0,)]
 
     # The service reads the migrated ledger as it was and continues each chain.

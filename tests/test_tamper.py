@@ -44,6 +44,7 @@ KINDS = {"adjustment", "reversal", "expiration", "release"}
 HASH_CHECK = ("hash",)
 SUM_CHECK = ("sum",)
 BALANCE_AFTER_CHECK = ("balance_after", "previous")
+SEQUENCE_CHECK = ("sequence", "gaps")
 
 
 @pytest.fixture(scope="module")
@@ -294,16 +295,16 @@ def test_an_edited_delta_breaks_the_sum_and_the_chain(service: Backend, api: htt
 
 
 def test_a_deleted_adjustment_breaks_the_chain(service: Backend, api: httpx.Client) -> None:
-    """A debit in the middle deleted: verify fails the sum and the hash chain checks for that
-    customer, and the first broken link is the adjustment after the deleted one (its
-    previous hash is gone)."""
+    """A debit in the middle deleted: verify fails the sum, the sequence and the hash chain
+    checks for that customer, and the first broken link is the adjustment after the deleted
+    one (its previous hash is gone)."""
     url = service.database_url
     customer_id, items = customer_with_ledger(api)
     deleted = row(url, items[3]["id"])
     with append_only_lifted(url):
         sql(url, "DELETE FROM loyalty_adjustments WHERE id = $1", deleted["id"])
         try:
-            report = assert_broken(url, customer_id, SUM_CHECK, HASH_CHECK)
+            report = assert_broken(url, customer_id, SUM_CHECK, SEQUENCE_CHECK, HASH_CHECK)
         finally:
             columns = ", ".join(f'"{c}"' for c in deleted)
             values = ", ".join(f"${n}" for n in range(1, len(deleted) + 1))
