@@ -106,7 +106,7 @@ SCHEDULER_INTERVAL = "0.1"
 GUARD_MS = 500
 SETTLE_TIMEOUT_S = 20.0
 # How far ahead credits expire and held points are released: some within a run, some not.
-SOON_S = [0.3, 1.5, 3600.0, 3600.0]
+SOON_S = [0.3, 1.0, 3600.0, 3600.0]
 
 # Deltas with at most 2 places within ±1000, leaning positive so balances build up.
 _magnitudes = st.decimals(
@@ -118,6 +118,17 @@ reasons = st.one_of(
     st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=40),
 )
 include_history = st.sampled_from([None, "true", "1", "false", "0"])
+BULK_KINDS = [
+    "ok",
+    "ok",
+    "ok",
+    "unknown",
+    "zero",
+    "reference",
+    "taken reference",
+    "expiring",
+    "bad expiry",
+]
 metadatas = st.none() | st.dictionaries(
     st.text(st.characters(codec="ascii", categories=["L", "N"]), min_size=1, max_size=8),
     st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=12),
@@ -1197,38 +1208,54 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(
         items=st.lists(
-            st.tuples(
-                st.integers(0, 1000),
-                deltas,
-                st.sampled_from(["ok", "ok", "ok", "unknown", "zero"]),
-            ),
+            st.tuples(st.integers(0, 1000), deltas, st.sampled_from(BULK_KINDS)),
             min_size=1,
             max_size=5,
         ),
         atomic=st.booleans(),
     )
     def bulk(self, items: list[tuple[int, Decimal, str]], atomic: bool) -> None:
-        """Several adjustments at once, applied in order: not atomic, each gets the outcome
-        its own adjust would; atomic, all are recorded or none (400 naming each failing
-        item)."""
+        """Several adjustments at once (some with a reference or an expiry, some refused),
+        applied in order: not atomic, each gets the outcome its own adjust would; atomic, all
+        are recorded or none (400 naming each failing item)."""
         ids = sorted(self.ledgers)
         bodies: list[dict[str, Any]] = []
         for pick, delta, kind in items:
             customer = ids[pick % len(ids)] if kind != "unknown" else f"nobody-{pick}"
-            bodies.append({"customer_id": customer, "delta": 0 if kind == "zero" else float(delta)})
+            body: dict[str, Any] = {"customer_id": customer, "delta": float(delta)}
+            if kind == "zero":
+                body["delta"] = 0
+            elif kind == "reference":
+                body["reference"] = f"bulk-{uuid.uuid4().hex[:10]}"
+            elif kind == "taken reference" and self.references.get(customer):
+                body["delta"] = float(abs(delta))
+                taken = sorted(self.references[customer])
+                body["reference"] = taken[pick % len(taken)]
+            elif kind == "expiring":
+                body["delta"] = float(abs(delta))
+                body["expires_at"] = iso_in(SOON_S[pick % len(SOON_S)])
+            elif kind == "bad expiry":
+                body["delta"] = float(-abs(delta))
+                body["expires_at"] = iso_in(3600)
+            bodies.append(body)
         self._step("bulk", *{b["customer_id"] for b in bodies if b["customer_id"] in self.ledgers})
         balances = {c: self._balance(c) for c in self.ledgers}
+        references = {c: set(refs) for c, refs in self.references.items()}
         expected: list[str | None] = []  # each item's error type, None when recorded
         for body in bodies:
             customer, delta = body["customer_id"], Decimal(str(body["delta"]))
-            if customer not in balances:
-                expected.append("not_found")
-            elif delta == 0:
+            if delta == 0 or (delta < 0 and "expires_at" in body):
                 expected.append("invalid_data")
+            elif customer not in balances:
+                expected.append("not_found")
+            elif body.get("reference") in references[customer]:
+                expected.append("conflict")
             elif balances[customer] + delta < 0:
                 expected.append("not_allowed")
             else:
                 balances[customer] += delta
+                if "reference" in body:
+                    references[customer].add(body["reference"])
                 expected.append(None)
         response = self._request(
             "POST",
@@ -1263,8 +1290,36 @@ class LedgerMachine(RuleBasedStateMachine):
                     None,
                     adjustment["updated_at"],
                     created_by=self.admin_id,
+                    reference=body.get("reference"),
+                    expires_at=body.get("expires_at"),
                 )
             )
+            if "reference" in body:
+                self.references[customer][body["reference"]] = adjustment["id"]
+
+    @rule(customer=customers, pick=st.integers(0, 1000), shift_ms=st.sampled_from([-1, 0, 1]))
+    def read_balance_as_of(self, customer: str, pick: int, shift_ms: int) -> None:
+        """The balance at a point in time (SPEC 7.5): the balance_after of the last
+        adjustment created at or before it, 0 and no updated_at before the first."""
+        self._step("read_balance_as_of", customer)
+        ledger = self.ledgers[customer]
+        if not ledger:
+            at_ms = now_ms() - 60_000
+        else:
+            at_ms = ms_of(ledger[pick % len(ledger)].created_at) + shift_ms
+        at = datetime.fromtimestamp(at_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        response = self._request("GET", f"/admin/loyalty/points/{customer}", params={"as_of": at})
+        assert response.status_code == 200, response.text
+        body = loads(response.text)
+        assert set(body) == {"customer_id", "balance", "updated_at", "as_of"}, body
+        assert body["as_of"] == at and body["customer_id"] == customer, body
+        balance, updated_at = Decimal(0), None
+        for entry in ledger:
+            if ms_of(entry.created_at) <= at_ms:
+                balance += entry.delta
+                updated_at = entry.created_at
+        assert_points(body["balance"], balance, f"balance of {customer} as of {at}")
+        assert body["updated_at"] == updated_at, (body, updated_at)
 
     @rule(customer=customers, limit=st.integers(1, 7))
     def read_whole_ledger(self, customer: str, limit: int) -> None:
