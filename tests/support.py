@@ -461,7 +461,7 @@ def chained_hash(previous_hash: str, item: Mapping[str, Any]) -> str:
     canonical encoding (SPEC section 6, invariant 8)."""
     from loyalty.ledger import chain
 
-    fields = dict(item)
+    fields = {name: item[name] for name in chain.HASHED_FIELDS}
     for name in ("delta", "balance_after"):
         fields[name] = str(item[name])
     hashed: str = chain.link(previous_hash, fields)
