@@ -2,7 +2,8 @@
 that holds every kind of adjustment, and when a row of loyalty_adjustments is changed behind
 the service's back (its append-only guard lifted, as someone with direct access to the
 database could), it exits 1 naming the check that broke, the customer and, for the hash
-chain, the first broken link as `customer <id> adjustment <id>`.
+chain, the first broken link as `customer <id> adjustment <id>`. The rows kept beside the
+ledger (a balance row's pending sum, what is left of an expiring credit) are checked too.
 
 Each tampering is undone afterwards, and verify passes again, so the tests share one server
 (one worker, a fast scheduler) per database kind.
@@ -433,3 +434,45 @@ def test_each_hash_chains_on_the_previous_one(api: httpx.Client) -> None:
         assert HASH.match(item["hash"]), item
         assert item["hash"] == chained_hash(previous, item), item
         previous = item["hash"]
+
+
+# --- the rows kept beside the ledger ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("table", "column", "words"),
+    [
+        ("loyalty_balances", "pending_hundredths", ("pending",)),
+        ("loyalty_lots", "remaining_hundredths", ("lots",)),
+    ],
+    ids=["pending-sum", "lot-remainder"],
+)
+def test_verify_finds_a_tampered_pending_sum_or_lot(
+    service: Backend, api: httpx.Client, table: str, column: str, words: tuple[str, ...]
+) -> None:
+    """The pending sum on a balance row, or what is left of an expiring credit, changed
+    behind the service's back: verify exits 1 naming the check over those rows and the
+    customer, and passes again once the row is put back."""
+    url = service.database_url
+    customer_id = new_customer(api)["id"]
+    ok(
+        api.post(
+            "/admin/loyalty/points/adjust",
+            json={"customer_id": customer_id, "delta": 30, "expires_at": iso_in(7200)},
+        )
+    )
+    ok(adjust(api, customer_id, -10))
+    ok(
+        api.post(
+            "/admin/loyalty/pending",
+            json={"customer_id": customer_id, "points": 8, "release_at": iso_in(3600)},
+        )
+    )
+    statement = f"UPDATE {table} SET {column} = {column} {{}} 1 WHERE customer_id = $1"
+    sql(url, statement.format("+"), customer_id)
+    try:
+        report = assert_broken(url, customer_id, words)
+    finally:
+        sql(url, statement.format("-"), customer_id)
+    assert not any("hash" in name for name in report.failed), report.output
+    assert_verify(url)
