@@ -92,33 +92,6 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     @classmethod
-    @contextmanager
-    def start(
-        cls,
-        database_url: str,
-        workdir: Path,
-        workers: int = 1,
-        port: int | None = None,
-        *,
-        separate_stdout: bool = False,
-        without_env: Sequence[str] = (),
-        **env: str,
-    ) -> Iterator[Server]:
-        server = cls.launch(
-            database_url,
-            workdir,
-            workers,
-            port,
-            separate_stdout=separate_stdout,
-            without_env=without_env,
-            **env,
-        )
-        try:
-            yield server
-        finally:
-            server.stop()
-
-    @classmethod
     def launch(
         cls,
         database_url: str,
@@ -151,6 +124,15 @@ class Server:
         server = cls(process, port, log_path, stdout_path)
         server.wait_ready()
         return server
+
+    # `with Server.start(...) as server:` stops the server (workers included) at the end.
+    start = launch
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
