@@ -67,6 +67,26 @@ def run_cli(
     )
 
 
+def user_create(
+    database_url: str,
+    email: str,
+    password: str | None = ADMIN_PASSWORD,
+    *,
+    scopes: Sequence[str] = (),
+    first_name: str | None = None,
+    last_name: str | None = None,
+    stdin: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """`loyalty user create --email EMAIL --password PASSWORD` (`--password-stdin` when
+    `password` is None), then a `--scope` for each of `scopes`, then the names given."""
+    args = ["--email", email]
+    args += ["--password-stdin"] if password is None else ["--password", password]
+    args += [arg for scope in scopes for arg in ("--scope", scope)]
+    args += ["--first-name", first_name] if first_name is not None else []
+    args += ["--last-name", last_name] if last_name is not None else []
+    return run_cli(database_url, "user", "create", *args, stdin=stdin)
+
+
 def assert_verify(database_url: str) -> None:
     """`loyalty verify` finds every ledger invariant holding."""
     result = run_cli(database_url, "verify")
@@ -218,17 +238,7 @@ class Backend:
         """A new admin user holding exactly `scopes` (every scope if none): its email and a
         token."""
         email = f"user-{uuid.uuid4().hex[:10]}@example.com"
-        scope_args = [arg for scope in scopes for arg in ("--scope", scope)]
-        result = run_cli(
-            self.database_url,
-            "user",
-            "create",
-            "--email",
-            email,
-            "--password",
-            ADMIN_PASSWORD,
-            *scope_args,
-        )
+        result = user_create(self.database_url, email, scopes=scopes)
         assert result.returncode == 0, result.stderr
         return email, login(self.server, email, ADMIN_PASSWORD)
 

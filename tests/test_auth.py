@@ -33,6 +33,7 @@ from tests.support import (
     new_customer,
     run_cli,
     sql,
+    user_create,
 )
 from tests.test_http_errors import watch_responses
 
@@ -143,9 +144,7 @@ def admin_id(backend: Backend) -> str:
 def deleted_user_token(backend: Backend) -> str:
     """A token that worked until its user was deleted with `loyalty user delete`."""
     email = f"deleted-{uuid.uuid4().hex[:10]}@example.com"
-    created = run_cli(
-        backend.database_url, "user", "create", "--email", email, "--password", ADMIN_PASSWORD
-    )
+    created = user_create(backend.database_url, email)
     assert created.returncode == 0, created.stderr
     token = login(backend.server, email, ADMIN_PASSWORD)
     with backend.client(token) as client:
@@ -518,22 +517,12 @@ def test_admin_token_returns_token_and_user(anon: httpx.Client) -> None:
 def test_admin_token_reports_the_users_names_and_scopes(backend: Backend) -> None:
     """The user object carries the names and exactly the scopes the user was created with."""
     email = f"named-{uuid.uuid4().hex[:10]}@example.com"
-    created = run_cli(
+    created = user_create(
         backend.database_url,
-        "user",
-        "create",
-        "--email",
         email,
-        "--password",
-        ADMIN_PASSWORD,
-        "--scope",
-        "loyalty:read",
-        "--scope",
-        "customers:read",
-        "--first-name",
-        "Ada",
-        "--last-name",
-        "Lovelace",
+        scopes=["loyalty:read", "customers:read"],
+        first_name="Ada",
+        last_name="Lovelace",
     )
     assert created.returncode == 0, created.stderr
     response = httpx.post(

@@ -28,7 +28,7 @@ from tests.support import (
     Server,
     login,
     new_customer,
-    run_cli,
+    user_create,
 )
 
 READ_TIMEOUT_S = 2
@@ -333,15 +333,7 @@ def test_ordinary_emails_are_accepted(bounded: Backend) -> None:
 
 def test_a_user_with_a_markup_email_is_refused(bounded: Backend) -> None:
     """`loyalty user create` refuses such an email too, with a clear message."""
-    result = run_cli(
-        bounded.database_url,
-        "user",
-        "create",
-        "--email",
-        "<b>x</b>@example.com",
-        "--password",
-        ADMIN_PASSWORD,
-    )
+    result = user_create(bounded.database_url, "<b>x</b>@example.com")
     assert result.returncode != 0
     assert "email" in result.stderr
 

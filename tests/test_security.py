@@ -34,6 +34,7 @@ from tests.support import (
     adjust,
     new_customer,
     run_cli,
+    user_create,
 )
 
 REQUIRED = {"type": "unauthorized", "message": "Authentication required"}
@@ -58,10 +59,7 @@ def post_login(base_url: str, email: str, password: str, **kwargs: Any) -> httpx
 def make_user(database_url: str, *scopes: str) -> str:
     """A new admin user (every scope unless some are given); returns its email."""
     email = f"sec-{uuid.uuid4().hex[:12]}@example.com"
-    scope_args = [arg for scope in scopes for arg in ("--scope", scope)]
-    result = run_cli(
-        database_url, "user", "create", "--email", email, "--password", ADMIN_PASSWORD, *scope_args
-    )
+    result = user_create(database_url, email, scopes=scopes)
     assert result.returncode == 0, result.stderr
     return email
 
