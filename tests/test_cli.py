@@ -19,7 +19,7 @@ import httpx
 import pytest
 from ulid import ULID
 
-from tests.conftest import DatabaseFactory
+from tests.conftest import DatabaseFactory, backend_fixture
 from tests.support import (
     Backend,
     Server,
@@ -80,14 +80,9 @@ def test_db_migrate_twice_is_fine(databases: DatabaseFactory) -> None:
 # --- loyalty user create ------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def service(
-    databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Backend]:
-    """A fresh database of each kind with a running server, for this module's CLI tests."""
-    workdir = tmp_path_factory.mktemp("cli")
-    with Backend.start(databases.kind, databases.new_url(), workdir) as service:
-        yield service
+service = backend_fixture(
+    "service", "A fresh database of each kind with a running server, for this module's CLI tests."
+)
 
 
 def test_user_create_prints_the_id_and_gives_every_scope(service: Backend) -> None:

@@ -26,7 +26,7 @@ import os
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import pytest
@@ -46,19 +46,15 @@ from schemathesis.specs.openapi.checks import (
 )
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
+from tests.conftest import backend_fixture
 from tests.support import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
     Backend,
-    Server,
     adjust,
-    login,
     new_customer,
     routed_operations,
 )
-
-if TYPE_CHECKING:
-    from tests.conftest import DatabaseFactory
 
 EXAMPLES = int(os.environ.get("LOYALTY_FUZZ_EXAMPLES", "25"))
 CHECKS = [
@@ -72,15 +68,11 @@ CHECKS = [
 OPERATIONS = sorted(routed_operations())
 
 
-@pytest.fixture(scope="module")
-def fuzz_backend(
-    databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Backend]:
-    """A server of this module's own on a fresh database of each kind."""
-    url = databases.new_url()
-    workdir = tmp_path_factory.mktemp("fuzz-server")
-    with Server.start(url, workdir, LOYALTY_LOGIN_MAX_FAILURES_PER_ADDRESS="1000000") as server:
-        yield Backend(databases.kind, url, server, login(server, ADMIN_EMAIL, ADMIN_PASSWORD))
+fuzz_backend = backend_fixture(
+    "fuzz_backend",
+    "A server of this module's own on a fresh database of each kind.",
+    LOYALTY_LOGIN_MAX_FAILURES_PER_ADDRESS="1000000",
+)
 
 
 @pytest.fixture(scope="module")

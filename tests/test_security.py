@@ -24,7 +24,7 @@ import pytest
 from jwt.warnings import InsecureKeyLengthWarning
 
 from loyalty.config import ConfigError, Settings
-from tests.conftest import DatabaseFactory
+from tests.conftest import DatabaseFactory, backend_fixture
 from tests.support import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
@@ -81,20 +81,15 @@ def assert_throttled(response: httpx.Response) -> None:
     assert 1 <= int(retry_after) <= WINDOW_S
 
 
-@pytest.fixture(scope="module")
-def own(databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+own = backend_fixture(
+    "own",
     """A server of this file's own, on a fresh database: 3 failed logins allowed per email
     (and many per address) for the throttling tests; and the SQL-like names and reasons of
     the injection tests stay here, out of the session's shared server, where other files
-    list customers and check responses for leaked SQL."""
-    with Backend.start(
-        databases.kind,
-        databases.new_url(),
-        tmp_path_factory.mktemp("security"),
-        LOYALTY_LOGIN_MAX_FAILURES_PER_EMAIL="3",
-        LOYALTY_LOGIN_MAX_FAILURES_PER_ADDRESS="1000",
-    ) as backend:
-        yield backend
+    list customers and check responses for leaked SQL.""",
+    LOYALTY_LOGIN_MAX_FAILURES_PER_EMAIL="3",
+    LOYALTY_LOGIN_MAX_FAILURES_PER_ADDRESS="1000",
+)
 
 
 @pytest.fixture
