@@ -32,6 +32,27 @@ JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 LOYALTY = [sys.executable, "-m", "loyalty"]
 STARTUP_TIMEOUT_S = 60.0
 ADJUST_PATH = "/admin/loyalty/points/adjust"
+# The API's timestamps (UTC, to the millisecond) and ids.
+TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+ADJ_ID = re.compile(r"^adj_[0-9A-HJKMNP-TV-Z]{26}$")
+USER_ID = re.compile(r"^user_[0-9A-HJKMNP-TV-Z]{26}$")
+# Paging parameters that a paged list refuses with 400: limit outside 1..100, offset below 0,
+# and numbers that are not integers.
+BAD_PAGING = [
+    {"limit": "0"},
+    {"limit": "101"},
+    {"limit": "-1"},
+    {"limit": "abc"},
+    {"limit": "1.5"},
+    {"offset": "-1"},
+    {"offset": "abc"},
+    {"offset": "1.5"},
+]
+
+
+def paging_id(params: Mapping[str, str]) -> str:
+    """A test id for paging parameters: their query string."""
+    return "&".join(f"{k}={v}" for k, v in params.items())
 
 
 def free_port() -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import re
 import sqlite3
 import time
 import uuid
@@ -26,6 +25,7 @@ from tests.support import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
     JWT_SECRET,
+    USER_ID,
     Backend,
     Server,
     adjust,
@@ -39,7 +39,6 @@ from tests.test_http_errors import watch_responses
 
 ALL_SCOPES = ("customers:read", "customers:write", "loyalty:read", "loyalty:write")
 REQUIRED = {"type": "unauthorized", "message": "Authentication required"}
-USER_ID = re.compile(r"^user_[0-9A-HJKMNP-TV-Z]{26}$")
 OTHER_SECRET = "another-secret-that-is-also-long-enough-for-hs256-9876543210"
 # Every customer this file makes has it in its email, and every list this file reads is
 # narrowed to it (`?q=`): the file sees only what it made, never what other files left in

@@ -21,6 +21,7 @@ from ulid import ULID
 
 from tests.conftest import DatabaseFactory, backend_fixture
 from tests.support import (
+    USER_ID,
     Backend,
     Server,
     adjust,
@@ -32,7 +33,6 @@ from tests.support import (
     user_create,
 )
 
-USER_ID = re.compile(r"^user_[0-9A-HJKMNP-TV-Z]{26}$")
 ALL_SCOPES = {"loyalty:read", "loyalty:write", "customers:read", "customers:write"}
 PASSWORD = "a long enough password 123"
 
