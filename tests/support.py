@@ -32,6 +32,27 @@ JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 LOYALTY = [sys.executable, "-m", "loyalty"]
 STARTUP_TIMEOUT_S = 60.0
 ADJUST_PATH = "/admin/loyalty/points/adjust"
+# The API's timestamps (UTC, to the millisecond) and ids.
+TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+ADJ_ID = re.compile(r"^adj_[0-9A-HJKMNP-TV-Z]{26}$")
+USER_ID = re.compile(r"^user_[0-9A-HJKMNP-TV-Z]{26}$")
+# Paging parameters that a paged list refuses with 400: limit outside 1..100, offset below 0,
+# and numbers that are not integers.
+BAD_PAGING = [
+    {"limit": "0"},
+    {"limit": "101"},
+    {"limit": "-1"},
+    {"limit": "abc"},
+    {"limit": "1.5"},
+    {"offset": "-1"},
+    {"offset": "abc"},
+    {"offset": "1.5"},
+]
+
+
+def paging_id(params: Mapping[str, str]) -> str:
+    """A test id for paging parameters: their query string."""
+    return "&".join(f"{k}={v}" for k, v in params.items())
 
 
 def free_port() -> int:
@@ -67,6 +88,26 @@ def run_cli(
     )
 
 
+def user_create(
+    database_url: str,
+    email: str,
+    password: str | None = ADMIN_PASSWORD,
+    *,
+    scopes: Sequence[str] = (),
+    first_name: str | None = None,
+    last_name: str | None = None,
+    stdin: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """`loyalty user create --email EMAIL --password PASSWORD` (`--password-stdin` when
+    `password` is None), then a `--scope` for each of `scopes`, then the names given."""
+    args = ["--email", email]
+    args += ["--password-stdin"] if password is None else ["--password", password]
+    args += [arg for scope in scopes for arg in ("--scope", scope)]
+    args += ["--first-name", first_name] if first_name is not None else []
+    args += ["--last-name", last_name] if last_name is not None else []
+    return run_cli(database_url, "user", "create", *args, stdin=stdin)
+
+
 def assert_verify(database_url: str) -> None:
     """`loyalty verify` finds every ledger invariant holding."""
     result = run_cli(database_url, "verify")
@@ -90,33 +131,6 @@ class Server:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    @classmethod
-    @contextmanager
-    def start(
-        cls,
-        database_url: str,
-        workdir: Path,
-        workers: int = 1,
-        port: int | None = None,
-        *,
-        separate_stdout: bool = False,
-        without_env: Sequence[str] = (),
-        **env: str,
-    ) -> Iterator[Server]:
-        server = cls.launch(
-            database_url,
-            workdir,
-            workers,
-            port,
-            separate_stdout=separate_stdout,
-            without_env=without_env,
-            **env,
-        )
-        try:
-            yield server
-        finally:
-            server.stop()
 
     @classmethod
     def launch(
@@ -151,6 +165,15 @@ class Server:
         server = cls(process, port, log_path, stdout_path)
         server.wait_ready()
         return server
+
+    # `with Server.start(...) as server:` stops the server (workers included) at the end.
+    start = launch
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -236,17 +259,7 @@ class Backend:
         """A new admin user holding exactly `scopes` (every scope if none): its email and a
         token."""
         email = f"user-{uuid.uuid4().hex[:10]}@example.com"
-        scope_args = [arg for scope in scopes for arg in ("--scope", scope)]
-        result = run_cli(
-            self.database_url,
-            "user",
-            "create",
-            "--email",
-            email,
-            "--password",
-            ADMIN_PASSWORD,
-            *scope_args,
-        )
+        result = user_create(self.database_url, email, scopes=scopes)
         assert result.returncode == 0, result.stderr
         return email, login(self.server, email, ADMIN_PASSWORD)
 
