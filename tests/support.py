@@ -439,6 +439,28 @@ def append_only_lifted(database_url: str) -> Iterator[None]:
         sql(database_url, "ALTER TABLE loyalty_adjustments ENABLE TRIGGER USER")
 
 
+def table_rows(
+    database_url: str, table: str, where: str = "", *args: Any, order: str = ""
+) -> list[dict[str, Any]]:
+    """Rows of a table straight from the database, each with every column by name;
+    `where` and `order` are SQL after WHERE and ORDER BY, `args` its `$n` parameters."""
+    if database_url.startswith("sqlite:///"):
+        found = sql(database_url, f"SELECT name FROM pragma_table_info('{table}') ORDER BY cid")
+    else:
+        found = sql(
+            database_url,
+            "SELECT column_name::text FROM information_schema.columns"
+            " WHERE table_name = $1 ORDER BY ordinal_position",
+            table,
+        )
+    names = [name for (name,) in found]
+    quoted = ", ".join(f'"{name}"' for name in names)
+    statement = f"SELECT {quoted} FROM {table}"
+    statement += f" WHERE {where}" if where else ""
+    statement += f" ORDER BY {order}" if order else ""
+    return [dict(zip(names, values, strict=True)) for values in sql(database_url, statement, *args)]
+
+
 @dataclass
 class VerifyReport:
     """What `loyalty verify` printed: its exit code, its output, and each failed check's

@@ -11,7 +11,6 @@ import subprocess
 import sys
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 from ulid import ULID
@@ -27,6 +26,7 @@ from tests.support import (
     run_cli,
     service_env,
     sql,
+    table_rows,
 )
 
 SOURCE_DIR = Path(__file__).resolve().parents[1] / "src" / "loyalty"
@@ -223,28 +223,6 @@ def upgrade_to(url: str, revision: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def columns_of(url: str, table: str) -> list[str]:
-    if url.startswith("sqlite:///"):
-        rows = sql(url, f"SELECT name FROM pragma_table_info('{table}') ORDER BY cid")
-    else:
-        rows = sql(
-            url,
-            "SELECT column_name::text FROM information_schema.columns"
-            " WHERE table_name = $1 ORDER BY ordinal_position",
-            table,
-        )
-    return [name for (name,) in rows]
-
-
-def rows_by_name(url: str, table: str, order: str) -> list[dict[str, Any]]:
-    names = columns_of(url, table)
-    quoted = ", ".join(f'"{name}"' for name in names)
-    return [
-        dict(zip(names, values, strict=True))
-        for values in sql(url, f"SELECT {quoted} FROM {table} ORDER BY {order}")
-    ]
-
-
 def write_old_ledger(url: str) -> dict[str, list[str]]:
     """Customers, balances and adjustments inserted as revision 0003's service wrote them:
     a balance row per customer holding the tip of its sequence. Returns each customer's
@@ -309,15 +287,15 @@ def test_an_existing_ledger_upgrades_to_types_and_a_hash_chain(
     upgrade_to(url, LEDGER_REVISION)
     assert recorded_versions(url) == [LEDGER_REVISION]
     ids = write_old_ledger(url)
-    old_balances = rows_by_name(url, "loyalty_balances", "customer_id")
-    old_adjustments = rows_by_name(url, "loyalty_adjustments", "customer_id, seq")
+    old_balances = table_rows(url, "loyalty_balances", order="customer_id")
+    old_adjustments = table_rows(url, "loyalty_adjustments", order="customer_id, seq")
 
     result = run_cli(url, "db", "migrate")
     assert result.returncode == 0, result.stderr
     assert recorded_versions(url) == [newest_revision()]
     assert_verify(url)
 
-    adjustments = rows_by_name(url, "loyalty_adjustments", "customer_id, seq")
+    adjustments = table_rows(url, "loyalty_adjustments", order="customer_id, seq")
     assert [a["id"] for a in adjustments] == [a["id"] for a in old_adjustments]
     for old, new in zip(old_adjustments, adjustments, strict=True):
         assert {name: new[name] for name in old} == old, "an adjustment changed"
@@ -328,7 +306,7 @@ def test_an_existing_ledger_upgrades_to_types_and_a_hash_chain(
     assert len({a["hash"] for a in adjustments}) == len(adjustments)
     tips = {a["customer_id"]: a for a in adjustments}
 
-    balances = rows_by_name(url, "loyalty_balances", "customer_id")
+    balances = table_rows(url, "loyalty_balances", order="customer_id")
     assert len(balances) == len(old_balances)
     for old, new in zip(old_balances, balances, strict=True):
         assert {name: new[name] for name in OLD_BALANCE_COLUMNS} == old, "a balance changed"

@@ -37,14 +37,12 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, ClassVar
 
 import httpx
-import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -57,7 +55,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from tests.conftest import DatabaseFactory
+from tests.conftest import backend_fixture
 from tests.support import ADMIN_EMAIL, ADMIN_PASSWORD, Backend, assert_verify, chained_hash, iso_in
 
 EXAMPLES = int(os.environ.get("LOYALTY_STATEFUL_EXAMPLES", "20"))
@@ -1353,19 +1351,12 @@ class LedgerMachine(RuleBasedStateMachine):
                 self._check_customer(customer_id, in_full=customer_id in self.touched)
 
 
-@pytest.fixture(scope="module")
-def ledger_backend(
-    databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Backend]:
-    """A one-worker server of its own whose scheduler runs every 0.1 s (expirations and
-    releases happen within a run); `loyalty verify` passes over its database after."""
-    workdir = tmp_path_factory.mktemp(f"state-machine-{databases.kind}")
-    url = databases.new_url()
-    with Backend.start(
-        databases.kind, url, workdir, LOYALTY_SCHEDULER_INTERVAL_SECONDS=SCHEDULER_INTERVAL
-    ) as backend:
-        yield backend
-    assert_verify(url)
+ledger_backend = backend_fixture(
+    "ledger_backend",
+    "A one-worker server of its own whose scheduler runs every 0.1 s, so that expirations"
+    " and releases happen within a run.",
+    LOYALTY_SCHEDULER_INTERVAL_SECONDS=SCHEDULER_INTERVAL,
+)
 
 
 def test_ledger_state_machine(ledger_backend: Backend) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import DatabaseFactory
+from tests.conftest import backend_fixture
 from tests.support import (
     Backend,
     VerifyReport,
@@ -34,6 +34,7 @@ from tests.support import (
     iso_in,
     new_customer,
     sql,
+    table_rows,
     verify_report,
 )
 
@@ -48,19 +49,11 @@ BALANCE_AFTER_CHECK = ("balance_after", "previous")
 SEQUENCE_CHECK = ("sequence", "gaps")
 
 
-@pytest.fixture(scope="module")
-def service(
-    databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Backend]:
-    """A one-worker server on a fresh database whose scheduler runs every 0.2 s."""
-    workdir = tmp_path_factory.mktemp(f"tamper-{databases.kind}")
-    with Backend.start(
-        databases.kind,
-        databases.new_url(),
-        workdir,
-        LOYALTY_SCHEDULER_INTERVAL_SECONDS=SCHEDULER_INTERVAL,
-    ) as service:
-        yield service
+service = backend_fixture(
+    "service",
+    "A one-worker server on a fresh database whose scheduler runs every 0.2 s.",
+    LOYALTY_SCHEDULER_INTERVAL_SECONDS=SCHEDULER_INTERVAL,
+)
 
 
 @pytest.fixture
@@ -209,25 +202,6 @@ def customer_with_ledger(api: httpx.Client) -> tuple[str, list[Any]]:
     return customer_id, items
 
 
-def row(url: str, adjustment_id: str) -> dict[str, Any]:
-    """One loyalty_adjustments row, every column by name."""
-    columns = [
-        name
-        for (name,) in (
-            sql(url, "SELECT name FROM pragma_table_info('loyalty_adjustments') ORDER BY cid")
-            if url.startswith("sqlite:///")
-            else sql(
-                url,
-                "SELECT column_name::text FROM information_schema.columns"
-                " WHERE table_name = 'loyalty_adjustments' ORDER BY ordinal_position",
-            )
-        )
-    ]
-    quoted = ", ".join(f'"{c}"' for c in columns)
-    (values,) = sql(url, f"SELECT {quoted} FROM loyalty_adjustments WHERE id = $1", adjustment_id)
-    return dict(zip(columns, values, strict=True))
-
-
 def first_links(report: VerifyReport, customer_id: str) -> list[str]:
     """The adjustments that the hash chain check names as a broken link of that customer's
     chain."""
@@ -301,7 +275,7 @@ def test_a_deleted_adjustment_breaks_the_chain(service: Backend, api: httpx.Clie
     one (its previous hash is gone)."""
     url = service.database_url
     customer_id, items = customer_with_ledger(api)
-    deleted = row(url, items[3]["id"])
+    (deleted,) = table_rows(url, "loyalty_adjustments", "id = $1", items[3]["id"])
     with append_only_lifted(url):
         sql(url, "DELETE FROM loyalty_adjustments WHERE id = $1", deleted["id"])
         try:
