@@ -40,9 +40,9 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 
 from common import BIG_CUSTOMER, CUSTOMER_COUNT, LoadPlan, customer_id, psql, sqlite_connect
+
 from loyalty.ledger import chain
 
-S5_LOAD = LoadPlan(big=1_000_000, per_other=4_000)
 CHUNK_ROWS = 50_000  # per transaction (the others': whole customers, about as many)
 DELTA_HUNDREDTHS = 100
 ROWS_PER_MS = 1000
@@ -69,9 +69,7 @@ COLUMNS = (
 
 Progress = Callable[[str], None]
 # One row, in COLUMNS' order.
-Row = tuple[
-    str, str, int, str, int, int, str, None, None, None, None, None, int, str | None, str
-]
+Row = tuple[str, str, int, str, int, int, str, None, None, None, None, None, int, str | None, str]
 # A customer's new tip: customer, balance, last_seq, last adjustment id, its time, its hash.
 Tip = tuple[str, int, int, str, int, str]
 
@@ -165,9 +163,7 @@ def _ranges(plan: LoadPlan) -> list[tuple[int, int]]:
     return ranges
 
 
-def _chunks(
-    plan: LoadPlan, dialect: str, base_ms: int, created_by: str | None
-) -> Iterator[Chunk]:
+def _chunks(plan: LoadPlan, dialect: str, base_ms: int, created_by: str | None) -> Iterator[Chunk]:
     """Each chunk in order, the next one made by the helper process while this one is
     written. A big-customer chunk needs the previous one's last hash, so it is asked for as
     soon as that one is back."""
