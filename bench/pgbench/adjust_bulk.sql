@@ -6,6 +6,7 @@
 -- metadata, expires_at, reverses and pending_id, and a SHA-256 hash of the previous tip's
 -- hash and the row's fields, as hex), and set each balance row to its new tip. The items are
 -- the same in both statements: a hash of the item's number and the transaction's seed.
+-- (pgbench takes `:name` for a variable even in a string: no `:` is followed by a letter.)
 -- Each row's hash starts from its customer's tip before the bulk: a chain within one bulk
 -- would take one statement per row, and this is the same amount of hashing.
 \set seed random(0, 2000000000)
@@ -45,9 +46,10 @@ WITH items AS (
            encode(sha256(convert_to(previous_hash
                || '{"balance_after":"' || (balance_after / 100) || '","created_at":"'
                || created_at_ms || '","created_by":"user_bench","customer_id":"' || customer_id
-               || '","delta":"1","expires_at":null,"id":"' || id
-               || '","metadata":null,"pending_id":null,"reason":"bench","reference":"'
-               || reference || '","reverses":null,"type":"adjustment"}', 'UTF8')), 'hex') AS hash
+               || '","delta":"1","expires_at":' || 'null,"id":"' || id
+               || '","metadata":' || 'null,"pending_id":' || 'null,"reason":"bench","reference":"'
+               || reference || '","reverses":' || 'null,"type":"adjustment"}', 'UTF8')), 'hex')
+           AS hash
       FROM identified
 ), inserted AS (
     INSERT INTO loyalty_adjustments (id, customer_id, seq, type, delta_hundredths,
