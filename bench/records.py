@@ -14,7 +14,7 @@ from typing import Any
 
 @dataclass
 class Measurement:
-    phase: str  # main, s5-fresh, s5-loaded, s7-fresh, s7-loaded
+    phase: str  # main, s5-fresh, s5-loaded, s7-loaded
     scenario: str
     title: str
     connections: int

@@ -26,7 +26,6 @@ from scenarios import (
     S5_SCENARIOS,
     S6,
     S7,
-    S7_FRESH_PHASE,
     S7_LOADED_PHASE,
     raw_clients,
 )
@@ -49,7 +48,6 @@ PHASE_LABELS = {
     MAIN_PHASE: "",
     S5_FRESH_PHASE: " fresh",
     S5_LOADED_PHASE: " 5M",
-    S7_FRESH_PHASE: " fresh",
     S7_LOADED_PHASE: " loaded",
 }
 
@@ -174,18 +172,22 @@ def analyse(result: DatabaseRun) -> None:
         None if s6 is None or s6["ratio"] is None else NO_TARGET,
     )
     result.s7 = []
-    fresh = find(S7_FRESH_PHASE, S7.name, S7.connections)
-    loaded = find(S7_LOADED_PHASE, S7.name, S7.connections)
+    # Fresh: the main phase's database; loaded: S5's, or S7's own without S5.
+    fresh = find(MAIN_PHASE, S7.name, S7.connections)
+    loaded = find(S5_LOADED_PHASE, S7.name, S7.connections) or find(
+        S7_LOADED_PHASE, S7.name, S7.connections
+    )
     if fresh is not None and loaded is not None:
         history = {point["phase"]: point["adjustments"] for point in result.as_of}
         result.s7.append(
             {
                 "title": S7.title,
                 "connections": S7.connections,
-                "fresh_adjustments": history.get(S7_FRESH_PHASE),
+                "loaded_phase": loaded.phase,
+                "fresh_adjustments": history.get(fresh.phase),
                 "fresh_rps": fresh.rps,
                 "fresh_p50_ms": fresh.p50_ms,
-                "loaded_adjustments": history.get(S7_LOADED_PHASE),
+                "loaded_adjustments": history.get(loaded.phase),
                 "loaded_rps": loaded.rps,
                 "loaded_p50_ms": loaded.p50_ms,
                 "p50_ratio": round(loaded.p50_ms / fresh.p50_ms, 3) if fresh.p50_ms else None,
@@ -239,7 +241,9 @@ def render_markdown(result: DatabaseRun) -> str:
         "| scenario | connections | req/s | p50 ms | p99 ms | non-2xx | raw limit req/s | ratio |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for m in result.measurements:
+    # Each phase's rows in scenario order (S7 runs first in its phases, the database fresh).
+    phase_order = list(dict.fromkeys(m.phase for m in result.measurements))
+    for m in sorted(result.measurements, key=lambda m: (phase_order.index(m.phase), m.scenario)):
         errors = str(m.non2xx) + (f" (+{m.socket_errors} socket)" if m.socket_errors else "")
         lines.append(
             f"| {label(m)} {m.title} | {m.connections} | {fmt(m.rps, 0)} | {fmt(m.p50_ms)} |"

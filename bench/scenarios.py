@@ -3,7 +3,7 @@
 A scenario is one wrk run against the service (S1 … S7); a raw-limit spec is one run of the
 same work straight on the database (pgbench, or sqlite_loop.py); a phase is one fresh
 database and server on which a list of scenarios runs (`main`, S5's `s5-fresh` and
-`s5-loaded`, S7's `s7-fresh` and `s7-loaded`). A new scenario goes here: define it, put it in
+`s5-loaded`, and `s7-loaded` when S5 does not run). A new scenario goes here: define it, put it in
 the phase that measures it (FULL_MAIN and, if quick runs need it, QUICK_MAIN; or
 S5_SCENARIOS, which run on the fresh and the bulk-loaded database), and if no raw limit
 measures its `raw_work` yet, add one
@@ -95,8 +95,10 @@ S6 = Scenario(
     adjustments_per_request=BULK_ITEMS,
 )
 # S7: a balance at a point in the middle of the big customer's history, on a fresh database
-# (S7_FEW adjustments) and on one where it has S7_LOAD's (one connection: latency, not
-# queueing). No raw limit: it is compared with itself.
+# (the main phase's, first thing after the warm-up, when the big customer has S7_FEW
+# adjustments) and on a bulk-loaded one where it has 1,000,000 (S5's; without S5, S7_LOAD's
+# or with --quick S7_QUICK_LOAD's); one connection: latency, not queueing. No raw limit: it
+# is compared with itself.
 S7 = Scenario(
     "S7",
     "GET balance as_of, the big customer",
@@ -109,14 +111,16 @@ S7 = Scenario(
 )
 WARMUP = Scenario("warm-up", "adjust, random of 1,000", WARMUP_CONNECTIONS, "adjust")
 
+# S7 first: the main phase's database is still fresh then.
 FULL_MAIN = (
+    S7,
     *(s1(c) for c in CONNECTION_COUNTS),
     *(s2(c) for c in CONNECTION_COUNTS),
     S3,
     S4,
     S6,
 )
-QUICK_MAIN = (s1(MANY), S3, S4, S6)
+QUICK_MAIN = (S7, s1(MANY), S3, S4, S6)
 
 
 @dataclass(frozen=True)
@@ -172,7 +176,6 @@ def warmup_s(quick: bool, duration_s: int) -> int:
 MAIN_PHASE = "main"
 S5_FRESH_PHASE = "s5-fresh"
 S5_LOADED_PHASE = "s5-loaded"
-S7_FRESH_PHASE = "s7-fresh"
 S7_LOADED_PHASE = "s7-loaded"
 
 # bulk_load.py's plans: S5's 5,000,000 (1,000,000 for the big customer, 4,000 for each of the
@@ -180,7 +183,7 @@ S7_LOADED_PHASE = "s7-loaded"
 S5_LOAD = LoadPlan(big=1_000_000, per_other=4_000)
 S7_LOAD = LoadPlan(big=1_000_000, per_other=0)
 S7_QUICK_LOAD = LoadPlan(big=100_000, per_other=0)
-S7_FEW = 10  # the big customer's adjustments on S7's fresh database, made through the API
+S7_FEW = 10  # the big customer's adjustments in the main phase, made through the API
 
 
 @dataclass(frozen=True)
@@ -195,16 +198,19 @@ class Phase:
 
 
 def phases(quick: bool, skip_s5: bool) -> list[Phase]:
-    main = Phase(MAIN_PHASE, QUICK_MAIN if quick else FULL_MAIN, (HOT_CUSTOMER,))
-    s7 = [
-        Phase(S7_FRESH_PHASE, (S7,), (BIG_CUSTOMER,), seed_big=S7_FEW),
-        Phase(S7_LOADED_PHASE, (S7,), (BIG_CUSTOMER,), load=S7_QUICK_LOAD if quick else S7_LOAD),
-    ]
+    main = Phase(
+        MAIN_PHASE,
+        QUICK_MAIN if quick else FULL_MAIN,
+        (HOT_CUSTOMER, BIG_CUSTOMER),
+        seed_big=S7_FEW,
+    )
     if quick or skip_s5:
-        return [main, *s7]
+        # S7's long history on a database of its own, loaded for the big customer alone.
+        load = S7_QUICK_LOAD if quick else S7_LOAD
+        return [main, Phase(S7_LOADED_PHASE, (S7,), (BIG_CUSTOMER,), load=load)]
     return [
         main,
         Phase(S5_FRESH_PHASE, S5_SCENARIOS, (BIG_CUSTOMER,)),
-        Phase(S5_LOADED_PHASE, S5_SCENARIOS, (BIG_CUSTOMER,), load=S5_LOAD),
-        *s7,
+        # S7 first, in the middle of the loaded history, before S5 adds to it.
+        Phase(S5_LOADED_PHASE, (S7, *S5_SCENARIOS), (BIG_CUSTOMER,), load=S5_LOAD),
     ]
