@@ -35,7 +35,9 @@ from scenarios import (
     Phase,
     Scenario,
     phases,
+    raw_s,
     raw_specs,
+    scenario_s,
     warmup_s,
 )
 from server import Server, stop_all
@@ -123,7 +125,8 @@ class DatabaseRunner:
             say(f"{self.kind}: raw limit warm-up ({self.warmup_s}s)")
             self.backend.raw(url, RAW_WARMUP, self.warmup_s, self.workdir)
             for spec in raw_specs(self.kind, self.options.quick):
-                raw = self.backend.raw(url, spec, self.options.duration_s, self.workdir)
+                duration_s = raw_s(spec, self.options.quick, self.options.duration_s)
+                raw = self.backend.raw(url, spec, duration_s, self.workdir)
                 self.result.raw_limits.append(raw)
                 say(
                     f"{self.kind}: raw {raw.tool} {spec.work} clients={spec.clients}:"
@@ -165,7 +168,8 @@ class DatabaseRunner:
                 self.result.warmups.append(warm)
                 tally.add(warm, WARMUP)
                 for scenario in phase.scenarios:
-                    m = self.measure(server, scenario, self.options.duration_s, name, as_of)
+                    duration_s = scenario_s(scenario, self.options.quick, self.options.duration_s)
+                    m = self.measure(server, scenario, duration_s, name, as_of)
                     self.result.measurements.append(m)
                     tally.add(m, scenario)
                     say(

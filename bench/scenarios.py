@@ -25,6 +25,7 @@ QUICK_DURATION_S = 8
 WARMUP_S = 3
 QUICK_WARMUP_S = 2
 WARMUP_CONNECTIONS = 16
+QUICK_SHORT_S = 4  # with --quick: S6, S7 and S6's raw limit (adjust_bulk)
 
 # The customer-id lists a scenario can draw from; the runner writes each to a file for wrk.
 ID_LISTS: dict[str, tuple[str, ...]] = {
@@ -167,6 +168,18 @@ def raw_specs(database: str, quick: bool) -> list[RawSpec]:
     specs = QUICK_RAW_SPECS if quick else FULL_RAW_SPECS
     # Each distinct spec once, in the order of its first appearance.
     return list(dict.fromkeys(RawSpec(s.work, raw_clients(database, s.clients)) for s in specs))
+
+
+def scenario_s(scenario: Scenario, quick: bool, duration_s: int) -> int:
+    """How long `scenario` runs: --quick shortens S6 and S7 further."""
+    short = quick and scenario.name in ("S6", "S7")
+    return min(QUICK_SHORT_S, duration_s) if short else duration_s
+
+
+def raw_s(spec: RawSpec, quick: bool, duration_s: int) -> int:
+    """How long a raw limit runs: --quick shortens S6's (adjust_bulk) further."""
+    short = quick and spec.work == "adjust_bulk"
+    return min(QUICK_SHORT_S, duration_s) if short else duration_s
 
 
 def warmup_s(quick: bool, duration_s: int) -> int:
