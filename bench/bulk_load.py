@@ -20,8 +20,8 @@ foreign keys, triggers and indexes all stay on):
 One customer after the other, and time with n: each index and the table grow at their end,
 so the load does not slow down as they grow.
 
-The hash chain is sequential per customer, so the rows are made in Python: a helper process
-makes the next chunk (ids, hashes, and for PostgreSQL the COPY text) while this one writes
+The hash chain is sequential per customer, so the rows are made in Python: helper processes
+make the next chunks (ids, hashes, and for PostgreSQL the COPY text) while this one writes
 the last (PostgreSQL: `COPY … FROM STDIN` through psql; SQLite: `executemany`). Each chunk
 is one transaction, and sets the balance rows of the customers it touched to their new tip
 (balance, last_seq, last adjustment id, time and hash), so every commit leaves a ledger that
@@ -35,6 +35,7 @@ through the API) and have no adjustment yet.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from common import BIG_CUSTOMER, CUSTOMER_COUNT, LoadPlan, customer_id, psql, sq
 from loyalty.ledger import chain
 
 CHUNK_ROWS = 50_000  # per transaction (the others': whole customers, about as many)
+HELPERS = 2  # processes making chunks (one at a time along the big customer's chain)
 DELTA_HUNDREDTHS = 100
 ROWS_PER_MS = 1000
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -164,26 +166,34 @@ def _ranges(plan: LoadPlan) -> list[tuple[int, int]]:
 
 
 def _chunks(plan: LoadPlan, dialect: str, base_ms: int, created_by: str | None) -> Iterator[Chunk]:
-    """Each chunk in order, the next one made by the helper process while this one is
-    written. A big-customer chunk needs the previous one's last hash, so it is asked for as
-    soon as that one is back."""
+    """Each chunk in order, the next ones made by the helper processes while this one is
+    written. A big-customer chunk continues the previous one's chain, so it is asked for
+    only once every chunk before it is back; the others' chunks (whole customers, each
+    chain from its start) are made HELPERS at a time."""
     ranges = _ranges(plan)
-    with ProcessPoolExecutor(max_workers=1) as helper:
+    in_flight: deque[Future[Chunk]] = deque()
+    following = 0  # the next range to ask for
+    big_tip: str | None = None
+    with ProcessPoolExecutor(max_workers=HELPERS) as helpers:
 
-        def submit(index: int, previous_hash: str | None) -> Future[Chunk]:
-            low, high = ranges[index]
-            continues = low < plan.big and low > 0
-            job = Job(
-                plan, dialect, base_ms, created_by, low, high, previous_hash if continues else None
-            )
-            return helper.submit(make_chunk, job)
+        def ask() -> None:
+            nonlocal following
+            while following < len(ranges) and len(in_flight) < HELPERS:
+                low, high = ranges[following]
+                continues = 0 < low < plan.big
+                if continues and in_flight:
+                    return  # it needs the big customer's tip from the chunk in flight
+                job = Job(
+                    plan, dialect, base_ms, created_by, low, high, big_tip if continues else None
+                )
+                in_flight.append(helpers.submit(make_chunk, job))
+                following += 1
 
-        pending = submit(0, None) if ranges else None
-        for index in range(len(ranges)):
-            assert pending is not None
-            chunk = pending.result()
-            big_tip = next((t[5] for t in chunk.tips if t[0] == BIG_CUSTOMER), None)
-            pending = submit(index + 1, big_tip) if index + 1 < len(ranges) else None
+        ask()
+        while in_flight:
+            chunk = in_flight.popleft().result()
+            big_tip = next((t[5] for t in chunk.tips if t[0] == BIG_CUSTOMER), big_tip)
+            ask()
             yield chunk
 
 
