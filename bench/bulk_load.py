@@ -15,7 +15,9 @@ foreign keys, triggers and indexes all stay on):
                             in 8 characters (so ids strictly increase along a sequence and
                             are unique)
                        hash = the service's own chain link (loyalty.ledger.chain) of the
-                            customer's previous row's hash and this row's fields
+                            customer's previous row's hash and this row's fields (made
+                            from chain.canonical's encoding, checked against chain.link
+                            on each chunk's first row: make_chunk)
 
 One customer after the other, and time with n: each index and the table grow at their end,
 so the load does not slow down as they grow.
@@ -34,15 +36,19 @@ through the API) and have no adjustment yet.
 
 from __future__ import annotations
 
+import hashlib
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from common import BIG_CUSTOMER, CUSTOMER_COUNT, LoadPlan, customer_id, psql, sqlite_connect
 
-from loyalty.ledger import chain
+from loyalty import timestamps
+from loyalty.ledger import chain, points
 
 CHUNK_ROWS = 50_000  # per transaction (the others': whole customers, about as many)
 HELPERS = 2  # processes making chunks (one at a time along the big customer's chain)
@@ -108,12 +114,54 @@ def _row_customer(plan: LoadPlan, n: int) -> tuple[str, int]:
     return customer_id(m // plan.per_other), m % plan.per_other + 1
 
 
+def _fields(
+    adjustment_id: str, customer: str, balance_after: int, created_at_ms: int, by: str | None
+) -> dict[str, Any]:
+    """A loaded row's hashed fields, as the service renders them."""
+    return chain.api_fields(
+        id=adjustment_id,
+        customer_id=customer,
+        type=TYPE,
+        delta_hundredths=DELTA_HUNDREDTHS,
+        balance_after_hundredths=balance_after,
+        reason=REASON,
+        reference=None,
+        metadata=None,
+        expires_at_ms=None,
+        reverses=None,
+        pending_id=None,
+        created_by=by,
+        created_at_ms=created_at_ms,
+    )
+
+
+# The four fields that differ from one loaded row to the next.
+_VARYING = ("id", "customer_id", "balance_after", "created_at")
+
+
+def _canonical_format(created_by: str | None) -> str:
+    """chain.canonical's own encoding of a loaded row, with {0} … {3} where _VARYING's values
+    go: formatting it costs a microsecond where the whole encoding costs 20 or more."""
+    fields = _fields("adj_x", BIG_CUSTOMER, DELTA_HUNDREDTHS, 0, created_by)
+    fields.update({name: f"@@{index}@@" for index, name in enumerate(_VARYING)})
+    text = chain.canonical(fields).decode()
+    text = text.replace("{", "{{").replace("}", "}}")
+    return re.sub(r"@@(\d)@@", r"{\1}", text)
+
+
 def make_chunk(job: Job) -> Chunk:
-    """The rows of `job` and the tips they leave (run in the helper process)."""
+    """The rows of `job` and the tips they leave (run in a helper process).
+
+    Each hash is chain.link's: SHA-256 of the previous hash (chain.GENESIS for a customer's
+    first row) and the canonical encoding. The encoding comes from _canonical_format, checked
+    on the chunk's first row against chain.link itself; should they ever differ, every row of
+    the chunk is hashed by chain.link (slower, the same result)."""
     rows: list[Row] = []
     tips: dict[str, Tip] = {}
     previous: str | None = job.previous_hash
     last_customer = BIG_CUSTOMER if job.previous_hash is not None else ""
+    encoding = _canonical_format(job.created_by)
+    fast = True
     for n in range(job.low, job.high):
         customer, seq = _row_customer(job.plan, n)
         if customer != last_customer:
@@ -122,30 +170,29 @@ def make_chunk(job: Job) -> Chunk:
         created_at_ms = job.base_ms + n // ROWS_PER_MS
         adjustment_id = f"adj_{_base32(created_at_ms, 10)}00000000{_base32(n, 8)}"
         balance_after = seq * DELTA_HUNDREDTHS
-        fields = chain.api_fields(
-            id=adjustment_id,
-            customer_id=customer,
-            type=TYPE,
-            delta_hundredths=DELTA_HUNDREDTHS,
-            balance_after_hundredths=balance_after,
-            reason=REASON,
-            reference=None,
-            metadata=None,
-            expires_at_ms=None,
-            reverses=None,
-            pending_id=None,
-            created_by=job.created_by,
-            created_at_ms=created_at_ms,
-        )
-        previous = chain.link(previous, fields)
+        digest = ""
+        if fast:
+            canonical = encoding.format(
+                adjustment_id,
+                customer,
+                points.render(balance_after).decode(),
+                timestamps.render(created_at_ms),
+            )
+            digest = hashlib.sha256(f"{previous or chain.GENESIS}{canonical}".encode()).hexdigest()
+        if not fast or n == job.low:
+            fields = _fields(adjustment_id, customer, balance_after, created_at_ms, job.created_by)
+            reference = chain.link(previous, fields)
+            fast = fast and digest == reference
+            digest = reference
+        previous = digest
         rows.append(
             (
                 *(adjustment_id, customer, seq, TYPE, DELTA_HUNDREDTHS, balance_after, REASON),
                 *(None, None, None, None, None),
-                *(created_at_ms, job.created_by, previous),
+                *(created_at_ms, job.created_by, digest),
             )
         )
-        tips[customer] = (customer, balance_after, seq, adjustment_id, created_at_ms, previous)
+        tips[customer] = (customer, balance_after, seq, adjustment_id, created_at_ms, digest)
     if job.dialect != "postgresql":
         return Chunk(job.high, rows, "", list(tips.values()))
     # COPY's text format: tab-separated, \N for NULL (no value here holds a tab, a newline
