@@ -1,9 +1,10 @@
 """Running wrk against the server for one scenario, and reading what it printed.
 
-wrk runs with one thread (the service gets the cores), `--timeout 10s` and `--latency`,
-whose 50% and 99% lines give p50 and p99. The Lua scripts (adjust.lua, balance.lua, bulk.lua)
-count every status outside 2xx themselves, because wrk counts only some of them, and print one
-`BENCH_RESULT` line with the requests, the non-2xx answers and the duration.
+wrk runs with one thread (the service gets the cores), `--timeout 10s` (S6: 60 s) and
+`--latency`, whose 50% and 99% lines give p50 and p99. The Lua scripts (adjust.lua,
+balance.lua, bulk.lua) count every status outside 2xx themselves, because wrk counts only
+some of them, and print one `BENCH_RESULT` line with the requests, the non-2xx answers and
+the duration.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from scenarios import Scenario
 from tools import BENCH_DIR, run_measuring_tool
 
 WRK_THREADS = 1  # leaves the cores to the service; one wrk thread drives 64 connections
-WRK_TIMEOUT_S = 10
 
 _WRK_LATENCY = re.compile(r"^\s*(50|99)%\s+([\d.]+)(us|ms|s|m|h)\s*$", re.M)
 _WRK_RPS = re.compile(r"^Requests/sec:\s+([\d.]+)", re.M)
@@ -80,7 +80,7 @@ def run_wrk(
         f"--threads={min(WRK_THREADS, scenario.connections)}",
         f"--connections={scenario.connections}",
         f"--duration={duration_s}s",
-        f"--timeout={WRK_TIMEOUT_S}s",
+        f"--timeout={scenario.timeout_s}s",
         "--latency",
         f"--script={BENCH_DIR / scenario.script}",
         base_url,
