@@ -54,36 +54,36 @@ _encoder = msgspec.json.Encoder()
 _NOT_REVERSIBLE = ("reversal", "expiration")
 
 
-@dataclass(frozen=True, slots=True)
-class AdjustCommand:
-    body: AdjustBody
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Write:
+    """A write a caller asked for: who (confirmed in the batch), and its Idempotency-Key."""
+
     claim: TokenClaim
-    include_history: bool
     keyed: KeyedRequest | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class BulkCommand:
+class AdjustCommand(_Write):
+    body: AdjustBody
+    include_history: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BulkCommand(_Write):
     # Each item's body, or why it is invalid (its own outcome, or the atomic bulk's failure).
     items: list[AdjustBody | LoyaltyError]
     atomic: bool
-    claim: TokenClaim
-    keyed: KeyedRequest | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class ReverseCommand:
+class ReverseCommand(_Write):
     adjustment_id: str
     body: ReverseBody
-    claim: TokenClaim
-    keyed: KeyedRequest | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class CreatePendingCommand:
+class CreatePendingCommand(_Write):
     body: PendingBody
-    claim: TokenClaim
-    keyed: KeyedRequest | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +119,7 @@ def weight(command: Command) -> int:
     return len(command.items) if isinstance(command, BulkCommand) else 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reply:
     body: bytes  # the JSON response, exactly as first sent
     status: int = 200
@@ -334,11 +334,12 @@ class Batch:
         return self._record(account, entry)
 
     def _bulk(self, index: int, command: BulkCommand) -> Outcome | None:
-        saved_accounts = {
-            item.customer_id: self.accounts[item.customer_id].snapshot()
-            for item in command.items
-            if isinstance(item, AdjustBody) and item.customer_id in self.accounts
-        }
+        saved_accounts = {}
+        if command.atomic:  # what to restore should an item fail
+            for item in command.items:
+                customer_id = getattr(item, "customer_id", None)
+                if customer_id in self.accounts and customer_id not in saved_accounts:
+                    saved_accounts[customer_id] = self.accounts[customer_id].snapshot()
         saved_rows = len(self.rows)
         results: list[AdjustmentRow | LoyaltyError] = []
         for item in command.items:
@@ -499,8 +500,13 @@ class Batch:
 
     async def _write(self) -> None:
         changed = [account for account in self.accounts.values() if account.changed]
-        if changed:
-            await repository.update_balances(self.conn, [account.row() for account in changed])
+        tips = [a.row() for a in changed if a.summary() == a.summary_as_read]
+        if tips:
+            await repository.update_balances(self.conn, tips, tips_only=True)
+        if len(tips) < len(changed):
+            await repository.update_balances(
+                self.conn, [a.row() for a in changed if a.summary() != a.summary_as_read]
+            )
         if self.rows:
             await repository.insert_adjustments(self.conn, self.rows)
         inserted, updated, deleted = [], [], []
