@@ -3,13 +3,12 @@
 A scenario is one wrk run against the service (S1 … S7); a raw-limit spec is one run of the
 same work straight on the database (pgbench, or sqlite_loop.py); a phase is one fresh
 database and server on which a list of scenarios runs (`main`, S5's `s5-fresh` and
-`s5-loaded`, and `s7-loaded` when S5 does not run). A new scenario goes here: define it, put it in
-the phase that measures it (FULL_MAIN and, if quick runs need it, QUICK_MAIN; or
+`s5-loaded`, and `s7-loaded` when S5 does not run). A new scenario goes here: define it, put
+it in the phase that measures it (FULL_MAIN and, if quick runs need it, QUICK_MAIN; or
 S5_SCENARIOS, which run on the fresh and the bulk-loaded database), and if no raw limit
-measures its `raw_work` yet, add one
-RawSpec to FULL_RAW_SPECS (and QUICK_RAW_SPECS if --quick runs it), its work as
-pgbench/<work>.sql and in sqlite_loop.py's WORKS. A new wrk script goes beside adjust.lua,
-a new list of customers into ID_LISTS.
+measures its `raw_work` yet, add one RawSpec to FULL_RAW_SPECS (and QUICK_RAW_SPECS if
+--quick runs it), its work as pgbench/<work>.sql and in sqlite_loop.py's WORKS. A new wrk
+script goes beside adjust.lua, a new list of customers into ID_LISTS.
 """
 
 from __future__ import annotations
