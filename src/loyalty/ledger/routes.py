@@ -17,7 +17,13 @@ from loyalty.auth.guard import Caller, TokenClaim
 from loyalty.auth.scopes import LOYALTY_READ, LOYALTY_WRITE
 from loyalty.context import AppContext
 from loyalty.errors import FieldError, InvalidData, LoyaltyError
-from loyalty.http.body import BODY_MAX_BYTES, decode_field, parse_json_object, read_body
+from loyalty.http.body import (
+    BODY_MAX_BYTES,
+    decode_field,
+    parse_json_object,
+    read_body,
+    refuse_unknown_fields,
+)
 from loyalty.http.params import (
     parse_bool,
     parse_int,
@@ -132,9 +138,7 @@ def _bulk_items(raw: dict[str, msgspec.Raw]) -> tuple[list[AdjustBody | LoyaltyE
     for item in items:
         try:
             fields = decode_field(item, dict[str, msgspec.Raw])
-            unknown = sorted(set(fields) - ADJUST_FIELDS)
-            if unknown:
-                raise InvalidData(f"Unrecognized field: {unknown[0][:64]!r}")
+            refuse_unknown_fields(fields, ADJUST_FIELDS)
             parsed.append(parse_adjust_body(fields))
         except msgspec.ValidationError:
             parsed.append(InvalidData("Each adjustment must be a JSON object"))
