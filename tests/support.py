@@ -653,10 +653,12 @@ def adjust_with(client: httpx.Client, customer_id: str, delta: Any, **fields: An
     return ok(post_json(client, ADJUST_PATH, body))
 
 
-def whole_ledger(client: httpx.Client, limit: int = 100, **filters: str) -> list[Any]:
+def whole_ledger(
+    client: httpx.Client, filters: Mapping[str, str] | None = None, limit: int = 100
+) -> list[Any]:
     """Every page of GET /admin/loyalty/adjustments with these filters, newest first."""
     items: list[Any] = []
-    params = {"limit": str(limit), **filters}
+    params = {"limit": str(limit), **(filters or {})}
     for _ in range(10_000):
         page = ok(client.get(ADJUSTMENTS_PATH, params=params))
         assert set(page) == {"adjustments", "next_cursor"}, page

@@ -51,7 +51,7 @@ def test_cursor_pages_cover_the_window_once_newest_first(api: httpx.Client) -> N
     extra = adjust_with(api, ids[0], 100)
     made.append(extra)
     since = made[0]["updated_at"]
-    items = whole_ledger(api, limit=7, **{"created_at[gte]": since})
+    items = whole_ledger(api, {"created_at[gte]": since}, limit=7)
     assert all(set(item) == ADJUSTMENT_FIELDS for item in items)
     assert len(items) == len(made)
     assert [i["id"] for i in items if i["customer_id"] in ids] == [i["id"] for i in items]
@@ -93,25 +93,28 @@ def test_filters_narrow_the_ledger(api: httpx.Client) -> None:
     tagged = adjust_with(api, two, 9, reference=reference)
     reversal = ok(reverse(api, tagged["id"], 4))
 
-    mine = whole_ledger(api, customer_id=one)
+    mine = whole_ledger(api, {"customer_id": one})
     assert [i["id"] for i in mine] == sorted(
         (m["id"] for m in made if m["customer_id"] == one), reverse=True
     )
     assert {i["customer_id"] for i in mine} == {one}
 
-    by_type = whole_ledger(api, customer_id=two, type="reversal")
+    by_type = whole_ledger(api, {"customer_id": two, "type": "reversal"})
     assert [i["id"] for i in by_type] == [reversal["id"]]
     assert by_type[0]["reverses"] == tagged["id"]
-    assert len(whole_ledger(api, customer_id=two, type="adjustment")) == 4
+    assert len(whole_ledger(api, {"customer_id": two, "type": "adjustment"})) == 4
 
-    by_reference = whole_ledger(api, reference=reference)
+    by_reference = whole_ledger(api, {"reference": reference})
     assert [i["id"] for i in by_reference] == [tagged["id"]]
-    assert whole_ledger(api, reference=reference, customer_id=one) == []
+    assert whole_ledger(api, {"reference": reference, "customer_id": one}) == []
 
     window = whole_ledger(
         api,
-        customer_id=one,
-        **{"created_at[gte]": made[2]["updated_at"], "created_at[lte]": made[4]["updated_at"]},
+        {
+            "customer_id": one,
+            "created_at[gte]": made[2]["updated_at"],
+            "created_at[lte]": made[4]["updated_at"],
+        },
     )
     low, high = parse_time(made[2]["updated_at"]), parse_time(made[4]["updated_at"])
     assert window
@@ -124,7 +127,7 @@ def test_filters_narrow_the_ledger(api: httpx.Client) -> None:
     ]
     assert sorted(i["id"] for i in window) == sorted(expected)
     future = iso_after(3600)
-    assert whole_ledger(api, customer_id=one, **{"created_at[gte]": future}) == []
+    assert whole_ledger(api, {"customer_id": one, "created_at[gte]": future}) == []
 
 
 @pytest.mark.parametrize(
@@ -149,7 +152,7 @@ def test_one_adjustment_by_id(api: httpx.Client) -> None:
     """GET /admin/loyalty/adjustments/{id} is the list's object plus reversed_points; an
     unknown or malformed id is 404."""
     ids, _made = make(api, 1, 2)
-    listed = whole_ledger(api, customer_id=ids[0])
+    listed = whole_ledger(api, {"customer_id": ids[0]})
     for entry in listed:
         single = adjustment_of(api, entry["id"])
         assert single == {**entry, "reversed_points": 0}

@@ -10,6 +10,7 @@ bounded, so a busy machine makes them slower, never wrong.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -333,7 +334,10 @@ def test_a_pending_reference_is_unique_among_adjustments_and_pending(api: httpx.
 
 def test_the_list_filters_by_status_newest_first(api: httpx.Client) -> None:
     customer_id = new_customer(api)["id"]
-    made = [hold(api, customer_id, n) for n in (1, 2, 3, 4, 5)]
+    made = []
+    for points in (1, 2, 3, 4, 5):
+        made.append(hold(api, customer_id, points))
+        time.sleep(0.01)  # distinct created_at, so newest first is one order
     ok(release(api, made[1]["id"]))
     ok(release(api, made[3]["id"]))
     ok(void(api, made[2]["id"]))
