@@ -333,24 +333,31 @@ def test_two_servers_record_each_expiration_once(ticking: list[Backend]) -> None
             assert sum(Decimal(item["delta"]) for item in history) == 2
 
 
-def test_expire_after_days_gives_every_credit_an_expiry(
+@pytest.fixture(scope="module")
+def lenient(
     databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
-) -> None:
+) -> Iterator[Backend]:
+    """A server ticking every 0.2 s on a fresh database, with negative balances allowed and
+    every credit without expires_at expiring after 0.00002 days (1.728 s)."""
+    url = databases.new_url()
+    workdir = tmp_path_factory.mktemp(f"expire-after-{databases.kind}")
+    with Backend.start(
+        databases.kind,
+        url,
+        workdir,
+        LOYALTY_SCHEDULER_INTERVAL_SECONDS=TICK,
+        LOYALTY_POINTS_EXPIRE_AFTER_DAYS="0.00002",
+        LOYALTY_ALLOW_NEGATIVE_BALANCE="true",
+    ) as server:
+        yield server
+    assert_verify(url)
+
+
+def test_expire_after_days_gives_every_credit_an_expiry(lenient: Backend) -> None:
     """With LOYALTY_POINTS_EXPIRE_AFTER_DAYS=0.00002 (1.728 s), a credit without expires_at
     expires at its created_at plus that; a credit with its own expires_at keeps it; a debit
     has none."""
-    url = databases.new_url()
-    workdir = tmp_path_factory.mktemp(f"expire-after-{databases.kind}")
-    with (
-        Backend.start(
-            databases.kind,
-            url,
-            workdir,
-            LOYALTY_SCHEDULER_INTERVAL_SECONDS=TICK,
-            LOYALTY_POINTS_EXPIRE_AFTER_DAYS="0.00002",
-        ) as server,
-        server.client() as api,
-    ):
+    with lenient.client() as api:
         customer_id = new_customer(api)["id"]
         own_at = iso_after(86400)
         own = adjust_with(api, customer_id, 7, expires_at=own_at)
@@ -377,4 +384,25 @@ def test_expire_after_days_gives_every_credit_an_expiry(
             "points": 5,
             "expires_at": own_at,
         }
-    assert_verify(url)
+
+
+def test_an_expiration_never_takes_a_balance_below_zero(lenient: Backend) -> None:
+    """With negative balances allowed: +100 expiring soon, -150 (balance -50), then +20
+    (which expires by default): once both expiries have passed, no expiration is recorded,
+    since none may take the balance below zero, and the balance is exactly the sum of the
+    writes."""
+    with lenient.client() as api:
+        customer_id = new_customer(api)["id"]
+        credit = adjust_with(api, customer_id, 100, expires_at=iso_after(SOON_S))
+        adjust_with(api, customer_id, -150)
+        late = adjust_with(api, customer_id, 20)
+        last = max(
+            parse_time(credit_expires_at(api, credit["id"])),
+            parse_time(late["updated_at"]) + timedelta(seconds=1.728),
+        )
+        sleep_until(iso(last), margin_s=1.0)  # five ticks past both expiries
+        adjust_with(api, customer_id, 1)  # records any due expiration first
+        history = full_history(api, customer_id)
+        assert [item["type"] for item in history] == ["adjustment"] * 4, history
+        assert min(item["balance_after"] for item in history) == -50
+        assert balance_body(api, customer_id)["balance"] == -29
