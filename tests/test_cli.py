@@ -19,6 +19,7 @@ import httpx
 import pytest
 from ulid import ULID
 
+from loyalty.ledger import chain
 from tests.conftest import DatabaseFactory
 from tests.support import (
     Backend,
@@ -266,6 +267,7 @@ def test_verify_passes_on_a_consistent_ledger(ledger: Ledger) -> None:
 SUM_CHECK = "each balance equals the exact sum of its deltas"
 COUNT_CHECK = "each balance row counts its customer's adjustments"
 TIP_CHECK = "each balance row matches its last adjustment (balance, id, time)"
+CHAIN_TIP_CHECK = "each hash links its adjustment to the previous one (invariant 8)"
 
 
 def failed_checks(url: str) -> dict[str, str]:
@@ -277,7 +279,9 @@ def failed_checks(url: str) -> dict[str, str]:
     failed = {}
     for line in result.stdout.splitlines():
         if line.startswith("FAIL"):
-            match = re.match(r"FAIL\s+(.+?): broken by \d+; customers: (.*)$", line)
+            match = re.match(
+                r"FAIL\s+(.+?): broken by \d+; (?:customers|first broken link): (.*)$", line
+            )
             assert match, line
             failed[match.group(1)] = match.group(2)
     assert re.search(rf"^{len(failed)} of \d+ checks failed", result.stdout, re.MULTILINE), output
@@ -312,41 +316,62 @@ def test_verify_finds_an_adjustment_beyond_the_balance_row(ledger: Ledger) -> No
         customer_id = new_customer(api)["id"]
         for delta in (10, -4):
             assert adjust(api, customer_id, delta).status_code == 200
-    ((seq, after, created_at_ms, created_by),) = sql(
+    ((seq, after, created_at_ms, created_by, previous_hash),) = sql(
         ledger.url,
-        "SELECT seq, balance_after_hundredths, created_at_ms, created_by"
+        "SELECT seq, balance_after_hundredths, created_at_ms, created_by, hash"
         " FROM loyalty_adjustments WHERE customer_id = $1 ORDER BY seq DESC LIMIT 1",
         customer_id,
     )
     appended_at = created_at_ms + 1
     appended_id = f"adj_{ULID.from_timestamp(appended_at / 1000)}"
+    reason = "behind the service's back"
+    appended_hash = chain.link(
+        previous_hash,
+        chain.api_fields(
+            id=appended_id,
+            customer_id=customer_id,
+            type="adjustment",
+            delta_hundredths=500,
+            balance_after_hundredths=after + 500,
+            reason=reason,
+            reference=None,
+            metadata=None,
+            expires_at_ms=None,
+            reverses=None,
+            pending_id=None,
+            created_by=created_by,
+            created_at_ms=appended_at,
+        ),
+    )
     sql(
         ledger.url,
         "INSERT INTO loyalty_adjustments (id, customer_id, seq, delta_hundredths,"
-        " balance_after_hundredths, reason, created_at_ms, created_by)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        " balance_after_hundredths, reason, created_at_ms, created_by, hash)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         appended_id,
         customer_id,
         seq + 1,
         500,
         after + 500,
-        "behind the service's back",
+        reason,
         appended_at,
         created_by,
+        appended_hash,
     )
     failed = failed_checks(ledger.url)
-    assert set(failed) == {SUM_CHECK, COUNT_CHECK}, failed
+    assert set(failed) == {SUM_CHECK, COUNT_CHECK, CHAIN_TIP_CHECK}, failed
     assert failed[SUM_CHECK] == failed[COUNT_CHECK] == customer_id
     # The ledger is append-only: the balance row is brought to the appended adjustment.
     sql(
         ledger.url,
         "UPDATE loyalty_balances SET balance_hundredths = $2, last_seq = $3,"
-        " last_adjustment_id = $4, updated_at_ms = $5 WHERE customer_id = $1",
+        " last_adjustment_id = $4, updated_at_ms = $5, last_hash = $6 WHERE customer_id = $1",
         customer_id,
         after + 500,
         seq + 1,
         appended_id,
         appended_at,
+        appended_hash,
     )
     assert_verify(ledger.url)
 

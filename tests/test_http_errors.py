@@ -163,7 +163,14 @@ def test_openapi_adjust_parameters(anon: httpx.Client) -> None:
     schema = adjust["requestBody"]["content"]["application/json"]["schema"]
     if "$ref" in schema:
         schema = document["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
-    assert set(schema["properties"]) == {"customer_id", "delta", "reason"}
+    assert set(schema["properties"]) == {
+        "customer_id",
+        "delta",
+        "reason",
+        "reference",
+        "metadata",
+        "expires_at",
+    }
     assert set(schema.get("required", [])) == {"customer_id", "delta"}
 
 

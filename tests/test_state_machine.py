@@ -299,7 +299,13 @@ class LedgerMachine(RuleBasedStateMachine):
         response = self._request("GET", f"/admin/loyalty/points/{customer_id}")
         assert response.status_code == 200, response.text
         balance = loads(response.text)
-        assert set(balance) == {"customer_id", "balance", "updated_at"}, balance
+        assert set(balance) == {
+            "customer_id",
+            "balance",
+            "updated_at",
+            "pending",
+            "next_expiration",
+        }, balance
         assert balance["customer_id"] == customer_id
         assert_points(balance["balance"], self._balance(customer_id), f"balance of {customer_id}")
         assert balance["updated_at"] == (ledger[-1].created_at if ledger else None), balance

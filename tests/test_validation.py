@@ -277,7 +277,7 @@ def test_reason_up_to_1000_characters_or_null_is_accepted(
         ('{"customer_id": CID, "delta": 1, "extra": 1}', "extra"),
         ('{"customer_id": CID, "delta": 1, "extra": null}', "extra"),
         ('{"customer_id": CID, "delta": 1, "Delta": 1}', "Delta"),
-        ('{"customer_id": CID, "delta": 1, "reason": "x", "metadata": {}}', "metadata"),
+        ('{"customer_id": CID, "delta": 1, "reason": "x", "tags": {}}', "tags"),
         ('{"customer_id": CID, "delta": 1, "include_history": true}', "include_history"),
         ('{"customer_id": CID, "delta": 1, "id": "adj_x"}', "id"),
     ],

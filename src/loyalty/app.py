@@ -36,6 +36,7 @@ from loyalty.idempotency import cleanup as idempotency_cleanup
 from loyalty.idempotency.keys import HEADER as IDEMPOTENCY_KEY_HEADER
 from loyalty.idempotency.keys import REPLAYED_HEADER
 from loyalty.ledger import routes as ledger_routes
+from loyalty.ledger import scheduler
 from loyalty.ledger.service import Ledger
 
 log = logging.getLogger("loyalty")
@@ -125,12 +126,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         ctx.db = await open_database(ctx.settings.database_url, ctx.settings.db_pool_size)
-        ctx.ledger = Ledger(ctx.db, ctx.settings.allow_negative_balance)
+        ctx.ledger = Ledger(
+            ctx.db, ctx.settings.allow_negative_balance, ctx.settings.points_expire_after_ms
+        )
         cleanups: list[asyncio.Task[None]] = []
         try:
             ctx.guard.open(ctx.db, await auth.ensure_jwt_secret(ctx.db, ctx.settings))
             ctx.ledger.start()
             cleanups.append(asyncio.create_task(idempotency_cleanup.run_periodically(ctx.db)))
+            interval_s = float(ctx.settings.scheduler_interval_seconds)
+            cleanups.append(
+                asyncio.create_task(scheduler.run_periodically(ctx.db, ctx.ledger, interval_s))
+            )
             window_ms = ctx.settings.login_window_seconds * 1000
             cleanups.append(
                 asyncio.create_task(rate_limit.run_cleanup_periodically(ctx.db, window_ms))

@@ -7,6 +7,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 
 DEFAULT_DATABASE_URL = "sqlite:///./data/loyalty.db"
 JWT_TTL_SECONDS_MAX = 366 * 24 * 3600
@@ -14,6 +15,8 @@ LOGIN_WINDOW_SECONDS_MAX = 24 * 3600
 LOGIN_FAILURES_MAX = 1_000_000
 LIST_ITEMS_MAX = 64
 HTTP_READ_TIMEOUT_SECONDS_MAX = 3600
+SCHEDULER_INTERVAL_SECONDS_MAX = 86400
+EXPIRE_AFTER_DAYS_MAX = 36500
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # A browser's Origin header: scheme, host and an optional port, nothing more.
 _ORIGIN = re.compile(
@@ -50,6 +53,15 @@ class Settings:
     log_level: str = "INFO"
     # How long a client may take to send one whole request (head and body).
     http_read_timeout_seconds: int = 30
+    # How often each worker records due expirations and releases due pending points.
+    scheduler_interval_seconds: Decimal = Decimal(60)
+    # Set: credits without an expires_at expire this many days after they are made.
+    points_expire_after_days: Decimal | None = None
+
+    @property
+    def points_expire_after_ms(self) -> int | None:
+        days = self.points_expire_after_days
+        return None if days is None else max(1, int(days * 86_400_000))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -80,6 +92,13 @@ class Settings:
             http_read_timeout_seconds=_int(
                 env, "LOYALTY_HTTP_READ_TIMEOUT_SECONDS", 30, 1, HTTP_READ_TIMEOUT_SECONDS_MAX
             ),
+            scheduler_interval_seconds=_positive_decimal(
+                env, "LOYALTY_SCHEDULER_INTERVAL_SECONDS", SCHEDULER_INTERVAL_SECONDS_MAX
+            )
+            or Decimal(60),
+            points_expire_after_days=_positive_decimal(
+                env, "LOYALTY_POINTS_EXPIRE_AFTER_DAYS", EXPIRE_AFTER_DAYS_MAX
+            ),
         )
 
 
@@ -93,6 +112,20 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _positive_decimal(env: Mapping[str, str], name: str, high: int) -> Decimal | None:
+    """A number above 0 and at most `high` (decimals allowed: 0.5 seconds), or None if unset."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        value = Decimal("NaN")
+    if not value.is_finite() or not 0 < value <= high:
+        raise ConfigError(f"{name} must be a number above 0 and at most {high}, got {raw!r}")
     return value
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 
 _RANDOM_BITS = 80
+ID_PATTERN = re.compile(r"[a-z]{2,8}_[0-9A-HJKMNP-TV-Z]{26}")
 _ULID_MAX = (1 << 128) - 1
 _ULID_CHARS = 26
 # RFC 4648's base32 alphabet to Crockford's, which ULIDs use: the C codec does the work.
@@ -19,6 +21,17 @@ _CROCKFORD_TO_RFC = bytes.maketrans(
 
 def new_id(prefix: str, timestamp_ms: int) -> str:
     return f"{prefix}_{_encode(timestamp_ms, secrets.randbits(_RANDOM_BITS))}"
+
+
+def id_floor(prefix: str, timestamp_ms: int) -> str:
+    """The smallest id of a millisecond: ids of adjustments start with their created_at, so
+    a time range is an id range."""
+    return f"{prefix}_{_encode(timestamp_ms, 0)}"
+
+
+def id_ceiling(prefix: str, timestamp_ms: int) -> str:
+    """The largest id of a millisecond."""
+    return f"{prefix}_{_encode(timestamp_ms, (1 << _RANDOM_BITS) - 1)}"
 
 
 def next_id_after(prefix: str, timestamp_ms: int, previous: str | None) -> str:

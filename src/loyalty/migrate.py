@@ -27,8 +27,13 @@ def alembic_config(database_url: str) -> Config:
 
 def upgrade(database_url: str) -> None:
     """Applies every pending migration; safe to run from several processes at once."""
+    upgrade_to(database_url, "head")
+
+
+def upgrade_to(database_url: str, revision: str) -> None:
+    """Applies the migrations up to `revision` (tests bring old schemas forward with it)."""
     with _sqlite_file_lock(database_url):
-        command.upgrade(alembic_config(database_url), "head")
+        command.upgrade(alembic_config(database_url), revision)
 
 
 @contextlib.contextmanager

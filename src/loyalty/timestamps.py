@@ -23,7 +23,9 @@ def render(ms: int) -> str:
 @lru_cache(maxsize=256)
 def _render_second(seconds: int) -> str:
     # Adjustments of one batch, and of one busy second, share their second's text.
-    return f"{_EPOCH + timedelta(seconds=seconds):%Y-%m-%dT%H:%M:%S}"
+    moment = _EPOCH + timedelta(seconds=seconds)
+    # %Y drops leading zeros before the year 1000 on some platforms: ISO 8601 wants four.
+    return f"{moment.year:04d}-{moment:%m-%dT%H:%M:%S}"
 
 
 def render_optional(ms: int | None) -> str | None:

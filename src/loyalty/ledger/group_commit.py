@@ -17,6 +17,8 @@ from typing import Generic, TypeVar
 from loyalty.errors import DatabaseUnavailable, InvariantViolation
 
 BATCH_MAX = 64
+# A bulk of 1,000 weighs 1,000: a batch holds about two of them, or 64 small writes.
+BATCH_WEIGHT_MAX = 2000
 QUEUE_MAX = 4096
 
 Item = TypeVar("Item")
@@ -41,10 +43,16 @@ class GroupCommit(Generic[Item, Outcome]):
         process: Callable[[list[Item]], Awaitable[list[Outcome]]],
         batch_max: int = BATCH_MAX,
         queue_max: int = QUEUE_MAX,
+        weigh: Callable[[Item], int] | None = None,
+        weight_max: int = BATCH_WEIGHT_MAX,
     ) -> None:
         self._process = process
         self._batch_max = batch_max
+        self._weigh = weigh
+        self._weight_max = weight_max
         self._queue: asyncio.Queue[_Waiting[Item, Outcome]] = asyncio.Queue(queue_max)
+        # An item taken from the queue that did not fit in the last batch: the next one's first.
+        self._carried: _Waiting[Item, Outcome] | None = None
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -69,11 +77,21 @@ class GroupCommit(Generic[Item, Outcome]):
         # Shielded: a client that disconnects must not cancel a write already queued.
         return await asyncio.shield(waiting.future)
 
+    def _weight(self, waiting: _Waiting[Item, Outcome]) -> int:
+        return 1 if self._weigh is None else self._weigh(waiting.item)
+
     async def _run(self) -> None:
         while True:
-            batch = [await self._queue.get()]
+            batch = [self._carried or await self._queue.get()]
+            self._carried = None
+            weight = self._weight(batch[0])
             while len(batch) < self._batch_max and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+                waiting = self._queue.get_nowait()
+                weight += self._weight(waiting)
+                if weight > self._weight_max:
+                    self._carried = waiting
+                    break
+                batch.append(waiting)
             try:
                 outcomes = await self._process([waiting.item for waiting in batch])
                 if len(outcomes) != len(batch):

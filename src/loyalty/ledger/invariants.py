@@ -60,6 +60,56 @@ FROM loyalty_adjustments a LEFT JOIN loyalty_balances b ON b.customer_id = a.cus
 WHERE b.customer_id IS NULL
 """
 
+# Checks of the ledger's features (SPEC 7), each a query naming the customers that break it.
+_FEATURE_CHECKS = {
+    "types": """
+SELECT customer_id FROM loyalty_adjustments
+WHERE type NOT IN ('adjustment', 'reversal', 'expiration', 'release')
+   OR (type = 'reversal') <> (reverses IS NOT NULL)
+   OR (type = 'release') <> (pending_id IS NOT NULL)
+   OR (type = 'expiration' AND (delta_hundredths > 0 OR balance_after_hundredths < 0
+                                OR created_by IS NOT NULL))
+   OR hash IS NULL
+""",
+    "reversals": """
+SELECT o.customer_id FROM loyalty_adjustments o
+JOIN loyalty_adjustments r ON r.reverses = o.id
+GROUP BY o.id, o.customer_id, o.type, o.delta_hundredths
+HAVING o.type IN ('reversal', 'expiration')
+    OR sum(CASE WHEN r.customer_id <> o.customer_id THEN 1 ELSE 0 END) > 0
+    OR sum(CASE WHEN (r.delta_hundredths > 0) = (o.delta_hundredths > 0) THEN 1 ELSE 0 END) > 0
+    OR abs(sum(r.delta_hundredths)) > abs(o.delta_hundredths)
+UNION ALL
+SELECT r.customer_id FROM loyalty_adjustments r
+LEFT JOIN loyalty_adjustments o ON o.id = r.reverses
+WHERE r.reverses IS NOT NULL AND o.id IS NULL
+""",
+    "pending": """
+SELECT p.customer_id FROM loyalty_pending p
+LEFT JOIN loyalty_adjustments a ON a.pending_id = p.id
+GROUP BY p.id, p.customer_id, p.status, p.adjustment_id, p.points_hundredths
+HAVING (p.status = 'released' AND (count(a.id) <> 1 OR max(a.id) <> p.adjustment_id
+                                   OR max(a.delta_hundredths) <> p.points_hundredths))
+    OR (p.status <> 'released' AND (count(a.id) <> 0 OR p.adjustment_id IS NOT NULL))
+UNION ALL
+SELECT a.customer_id FROM loyalty_adjustments a
+LEFT JOIN loyalty_pending p ON p.id = a.pending_id
+WHERE a.pending_id IS NOT NULL AND (p.id IS NULL OR p.customer_id <> a.customer_id)
+UNION ALL
+SELECT b.customer_id FROM loyalty_balances b
+LEFT JOIN (SELECT customer_id, sum(points_hundredths) AS total FROM loyalty_pending
+           WHERE status = 'pending' GROUP BY customer_id) t ON t.customer_id = b.customer_id
+WHERE b.pending_hundredths <> coalesce(t.total, 0)
+""",
+}
+FEATURE_CHECK_NAMES = {
+    "types": "each adjustment's type matches its fields (reverses, pending_id, expirations)",
+    "reversals": "each credit or debit is reversed at most by its own amount, and only once"
+    " reversible",
+    "pending": "pending points are released at most once, by one matching adjustment, and"
+    " balances hold the sum of those still pending",
+}
+
 # Each check's name, and what holds when no row breaks it.
 SEQUENCE_CHECK_NAMES = {
     "broken_chain": "each balance_after is the previous balance_after plus its delta",
@@ -106,6 +156,10 @@ async def invariant_violations(conn: Connection) -> dict[str, tuple[int, list[st
                 )
                 samples = [row[0] for row in rows]
             found[name] = (count, samples)
+    for name, query in _FEATURE_CHECKS.items():
+        rows = await conn.fetch(query)
+        customers = sorted({row[0] for row in rows})
+        found[name] = (len(rows), customers[:_SAMPLE_MAX])
     orphans = await conn.fetch(_ORPHAN_CHECKS)
     found["orphans"] = (len(orphans), [f"{row[0]} ({row[1]})" for row in orphans[:_SAMPLE_MAX]])
     return found

@@ -6,6 +6,7 @@ a column is added in one place: its row type (and the migration that creates it)
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -14,13 +15,18 @@ from loyalty.db import Connection
 
 
 class BalanceRow(NamedTuple):
-    """A customer's balance row: the balance and the tip of its ledger."""
+    """A customer's balance row: the balance, the tip of its ledger, its pending points and
+    its soonest unexpired lot."""
 
     customer_id: str
     balance_hundredths: int
     last_seq: int
     last_adjustment_id: str | None
     updated_at_ms: int | None
+    last_hash: str | None
+    pending_hundredths: int
+    next_expiration_ms: int | None
+    next_expiration_hundredths: int | None
 
 
 class AdjustmentRow(NamedTuple):
@@ -34,11 +40,45 @@ class AdjustmentRow(NamedTuple):
     reason: str | None
     created_at_ms: int
     created_by: str | None
+    type: str
+    reference: str | None
+    metadata: str | None  # a JSON object
+    expires_at_ms: int | None
+    reverses: str | None
+    pending_id: str | None
+    hash: str | None
+
+
+class LotRow(NamedTuple):
+    """What is left of a credit that expires."""
+
+    adjustment_id: str
+    customer_id: str
+    expires_at_ms: int
+    remaining_hundredths: int
+
+
+class PendingRow(NamedTuple):
+    id: str
+    customer_id: str
+    points_hundredths: int
+    reason: str | None
+    reference: str | None
+    metadata: str | None
+    expires_at_ms: int | None
+    release_at_ms: int
+    status: str
+    adjustment_id: str | None
+    created_by: str | None
+    created_at_ms: int
+    updated_at_ms: int
 
 
 _BALANCE_COLUMNS = ", ".join(BalanceRow._fields)
 _ADJUSTMENT_COLUMNS = ", ".join(AdjustmentRow._fields)
 _ADJUSTMENT_VALUES = ", ".join(f"${n}" for n in range(1, len(AdjustmentRow._fields) + 1))
+_LOT_COLUMNS = ", ".join(LotRow._fields)
+_PENDING_COLUMNS = ", ".join(PendingRow._fields)
 _BALANCE_UPDATE = ", ".join(
     f"{name} = ${n}" for n, name in enumerate(BalanceRow._fields[1:], start=2)
 )
@@ -69,6 +109,207 @@ async def insert_adjustments(conn: Connection, rows: Sequence[AdjustmentRow]) ->
         f"INSERT INTO loyalty_adjustments ({_ADJUSTMENT_COLUMNS}) VALUES ({_ADJUSTMENT_VALUES})",
         rows,
     )
+
+
+async def find_adjustments(conn: Connection, ids: list[str]) -> dict[str, AdjustmentRow]:
+    rows = await conn.fetch(
+        f"SELECT {_ADJUSTMENT_COLUMNS} FROM loyalty_adjustments WHERE id = ANY($1)", ids
+    )
+    return {row[0]: AdjustmentRow._make(row) for row in rows}
+
+
+async def reversed_totals(conn: Connection, ids: list[str]) -> dict[str, int]:
+    """For each adjustment, the sum of its reversals' deltas (0 when none): an index walk
+    over the reversals of each."""
+    rows = await conn.fetch(
+        "SELECT reverses, sum(delta_hundredths) FROM loyalty_adjustments"
+        " WHERE reverses = ANY($1) GROUP BY reverses",
+        ids,
+    )
+    totals = dict.fromkeys(ids, 0)
+    totals.update({row[0]: int(row[1]) for row in rows})
+    return totals
+
+
+async def find_references(
+    conn: Connection, customer_ids: list[str], references: list[str]
+) -> dict[tuple[str, str], str]:
+    """The id of the adjustment or pending points that already use each (customer,
+    reference) among those given."""
+    found: dict[tuple[str, str], str] = {}
+    for table in ("loyalty_pending", "loyalty_adjustments"):
+        rows = await conn.fetch(
+            f"SELECT customer_id, reference, id FROM {table}"
+            " WHERE customer_id = ANY($1) AND reference = ANY($2)",
+            customer_ids,
+            references,
+        )
+        # A release carries its pending points' reference: the pending object owns it.
+        found.update({(row[0], row[1]): row[2] for row in rows if (row[0], row[1]) not in found})
+    return found
+
+
+async def lots_of(conn: Connection, customer_ids: list[str]) -> list[LotRow]:
+    """The customers' unexpired lots, each customer's soonest first."""
+    rows = await conn.fetch(
+        f"SELECT {_LOT_COLUMNS} FROM loyalty_lots WHERE customer_id = ANY($1)"
+        " ORDER BY customer_id, expires_at_ms, adjustment_id",
+        customer_ids,
+    )
+    return [LotRow._make(row) for row in rows]
+
+
+async def write_lots(
+    conn: Connection, inserted: Sequence[LotRow], updated: Sequence[LotRow], deleted: list[str]
+) -> None:
+    if deleted:
+        await conn.execute("DELETE FROM loyalty_lots WHERE adjustment_id = ANY($1)", deleted)
+    if updated:
+        await conn.executemany(
+            "UPDATE loyalty_lots SET remaining_hundredths = $2 WHERE adjustment_id = $1",
+            [(lot.adjustment_id, lot.remaining_hundredths) for lot in updated],
+        )
+    if inserted:
+        await conn.executemany(
+            f"INSERT INTO loyalty_lots ({_LOT_COLUMNS}) VALUES ($1, $2, $3, $4)", inserted
+        )
+
+
+async def page_lots(
+    conn: Connection, customer_id: str, limit: int, offset: int
+) -> tuple[list[LotRow], int]:
+    rows = await conn.fetch(
+        f"SELECT {_LOT_COLUMNS} FROM loyalty_lots WHERE customer_id = $1"
+        " ORDER BY expires_at_ms, adjustment_id LIMIT $2 OFFSET $3",
+        customer_id,
+        limit,
+        offset,
+    )
+    count = await conn.fetchval(
+        "SELECT count(*) FROM loyalty_lots WHERE customer_id = $1", customer_id
+    )
+    return [LotRow._make(row) for row in rows], int(count)
+
+
+async def customers_with_due_lots(conn: Connection, now_ms: int, limit: int) -> list[str]:
+    rows = await conn.fetch(
+        "SELECT DISTINCT customer_id FROM"
+        " (SELECT customer_id FROM loyalty_lots WHERE expires_at_ms <= $1"
+        "  ORDER BY expires_at_ms LIMIT $2) due",
+        now_ms,
+        limit,
+    )
+    return [row[0] for row in rows]
+
+
+async def due_pending(conn: Connection, now_ms: int, limit: int) -> list[str]:
+    rows = await conn.fetch(
+        "SELECT id FROM loyalty_pending WHERE status = 'pending' AND release_at_ms <= $1"
+        " ORDER BY release_at_ms LIMIT $2",
+        now_ms,
+        limit,
+    )
+    return [row[0] for row in rows]
+
+
+async def find_pending(conn: Connection, ids: list[str]) -> dict[str, PendingRow]:
+    rows = await conn.fetch(
+        f"SELECT {_PENDING_COLUMNS} FROM loyalty_pending WHERE id = ANY($1)", ids
+    )
+    return {row[0]: PendingRow._make(row) for row in rows}
+
+
+async def insert_pending(conn: Connection, rows: Sequence[PendingRow]) -> None:
+    values = ", ".join(f"${n}" for n in range(1, len(PendingRow._fields) + 1))
+    await conn.executemany(
+        f"INSERT INTO loyalty_pending ({_PENDING_COLUMNS}) VALUES ({values})", rows
+    )
+
+
+async def settle_pending(conn: Connection, rows: Sequence[PendingRow]) -> None:
+    """Writes the new status (released or voided) of pending points."""
+    await conn.executemany(
+        "UPDATE loyalty_pending SET status = $2, adjustment_id = $3, updated_at_ms = $4"
+        " WHERE id = $1",
+        [(row.id, row.status, row.adjustment_id, row.updated_at_ms) for row in rows],
+    )
+
+
+async def page_pending(
+    conn: Connection, customer_id: str, status: str | None, limit: int, offset: int
+) -> tuple[list[PendingRow], int]:
+    where = "customer_id = $1" + ("" if status is None else " AND status = $2")
+    args: list[object] = [customer_id] if status is None else [customer_id, status]
+    n = len(args)
+    rows = await conn.fetch(
+        f"SELECT {_PENDING_COLUMNS} FROM loyalty_pending WHERE {where}"
+        f" ORDER BY id DESC LIMIT ${n + 1} OFFSET ${n + 2}",
+        *args,
+        limit,
+        offset,
+    )
+    count = await conn.fetchval(f"SELECT count(*) FROM loyalty_pending WHERE {where}", *args)
+    return [PendingRow._make(row) for row in rows], int(count)
+
+
+async def balance_as_of(conn: Connection, customer_id: str, at_ms: int) -> tuple[int, int] | None:
+    """(balance_after, created_at_ms) of the customer's last adjustment at or before `at_ms`:
+    one walk down the (customer_id, created_at_ms, seq) index."""
+    row = await conn.fetchrow(
+        "SELECT balance_after_hundredths, created_at_ms FROM loyalty_adjustments"
+        " WHERE customer_id = $1 AND created_at_ms <= $2"
+        " ORDER BY created_at_ms DESC, seq DESC LIMIT 1",
+        customer_id,
+        at_ms,
+    )
+    return None if row is None else (int(row[0]), int(row[1]))
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerQuery:
+    """A page of the whole ledger, newest first: ids below `before_id`, with filters."""
+
+    limit: int
+    before_id: str | None = None
+    customer_id: str | None = None
+    type: str | None = None
+    reference: str | None = None
+    min_id: str | None = None  # created_at[gte], as the smallest id of that millisecond
+    max_id: str | None = None  # created_at[lte], as the largest id of that millisecond
+
+
+async def page_ledger(conn: Connection, query: LedgerQuery) -> list[AdjustmentRow]:
+    """Newest first by id: an adjustment's id starts with its created_at, so id order is time
+    order and each bound is an index range."""
+    clauses: list[str] = []
+    args: list[object] = []
+    order = "id"
+    if query.customer_id is not None:
+        # One customer's adjustments: its (customer_id, seq) index is in id order too.
+        order = "seq"
+        if query.before_id is not None:
+            args.append(query.before_id)
+            clauses.append(f"seq < (SELECT seq FROM loyalty_adjustments WHERE id = ${len(args)})")
+            query = dataclasses.replace(query, before_id=None)
+    for column, operator, value in (
+        ("id", "<", query.before_id),
+        ("id", ">=", query.min_id),
+        ("id", "<=", query.max_id),
+        ("customer_id", "=", query.customer_id),
+        ("type", "=", query.type),
+        ("reference", "=", query.reference),
+    ):
+        if value is not None:
+            args.append(value)
+            clauses.append(f"{column} {operator} ${len(args)}")
+    where = " AND ".join(clauses) or "TRUE"
+    args.append(query.limit)
+    rows = await conn.fetch(
+        f"SELECT {_ADJUSTMENT_COLUMNS} FROM loyalty_adjustments WHERE {where}"
+        f" ORDER BY {order} DESC LIMIT ${len(args)}",
+        *args,
+    )
+    return [AdjustmentRow._make(row) for row in rows]
 
 
 async def adjustment_exists(conn: Connection, adjustment_id: str) -> bool:

@@ -1,9 +1,12 @@
-"""The ledger's hot paths in one worker process, adjustments and balance reads, each batched
-over the database (group_commit.py, batch.py); and the history read."""
+"""The ledger of one worker process: every write goes through one group commit (batch.py)
+and balance reads through another; the other reads are plain snapshot queries."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import dataclasses
 from dataclasses import dataclass
 
 import msgspec
@@ -12,19 +15,30 @@ from loyalty.auth import guard
 from loyalty.auth.guard import TokenClaim
 from loyalty.auth.scopes import LOYALTY_READ
 from loyalty.db import Database, RetryableConflict, UniqueViolation
-from loyalty.errors import DatabaseUnavailable, InvariantViolation, LoyaltyError
+from loyalty.errors import (
+    DatabaseUnavailable,
+    FieldError,
+    InvalidData,
+    InvariantViolation,
+    LoyaltyError,
+)
+from loyalty.ids import ID_PATTERN
 from loyalty.ledger import points, repository, schemas
 from loyalty.ledger.audit import log_adjustment
 from loyalty.ledger.batch import (
-    AdjustCommand,
-    AdjustOutcome,
-    AdjustReply,
     Batch,
+    Command,
+    Outcome,
+    Reply,
+    adjustment_not_found,
     customer_not_found,
+    pending_not_found,
+    weight,
 )
 from loyalty.ledger.group_commit import GroupCommit
-from loyalty.ledger.repository import HistoryPage
+from loyalty.ledger.repository import HistoryPage, LedgerQuery
 from loyalty.ledger.schemas import Adjustment
+from loyalty.timestamps import render, render_optional
 
 # A batch that lost a race (a deadlock between workers, a key inserted meanwhile) is rerun.
 BATCH_ATTEMPTS_MAX = 3
@@ -42,12 +56,15 @@ class BalanceQuery:
 
 
 class Ledger:
-    """Adjustments and balance reads of one worker, each through its own group commit."""
+    """Writes and balance reads of one worker, each through its own group commit."""
 
-    def __init__(self, db: Database, allow_negative_balance: bool) -> None:
+    def __init__(
+        self, db: Database, allow_negative_balance: bool, expire_after_ms: int | None = None
+    ) -> None:
         self._db = db
         self._allow_negative = allow_negative_balance
-        self._group: GroupCommit[AdjustCommand, AdjustOutcome] = GroupCommit(self._run_batch)
+        self._expire_after_ms = expire_after_ms
+        self._group: GroupCommit[Command, Outcome] = GroupCommit(self._run_batch, weigh=weight)
         # Balance reads batch the same way: one user query and one balance query for all the
         # reads waiting in the worker, instead of two round trips each.
         self._reads: GroupCommit[BalanceQuery, bytes | LoyaltyError] = GroupCommit(
@@ -86,22 +103,23 @@ class Ledger:
                 outcomes.append(_encoder.encode(schemas.balance(row)))
         return outcomes
 
-    async def adjust(self, command: AdjustCommand) -> AdjustReply:
+    async def submit(self, command: Command) -> Reply:
+        """Runs a write in the next batch; its reply, or its refusal raised."""
         outcome = await self._group.submit(command)
         if isinstance(outcome, LoyaltyError):
             raise outcome
-        if outcome.adjustment_id is not None:
+        for row in outcome.recorded:
             log_adjustment(
-                outcome.adjustment_id,
-                command.body.customer_id,
-                points.render(command.body.delta_hundredths).decode(),
-                command.claim.actor_id,
+                row.id,
+                row.customer_id,
+                points.render(row.delta_hundredths).decode(),
+                row.created_by,
             )
         return outcome
 
-    async def _run_batch(self, commands: list[AdjustCommand]) -> list[AdjustOutcome]:
+    async def _run_batch(self, commands: list[Command]) -> list[Outcome]:
         for attempt in range(1, BATCH_ATTEMPTS_MAX + 1):
-            batch = Batch(commands, self._allow_negative)
+            batch = Batch(commands, self._allow_negative, self._expire_after_ms)
             try:
                 return await self._db.transact(batch.run)
             except (RetryableConflict, UniqueViolation):
@@ -139,3 +157,83 @@ async def history(db: Database, query: HistoryPage) -> tuple[list[Adjustment], i
         else:
             count = await repository.count_adjustments(conn, query)
     return [schemas.adjustment(row) for row in rows], count
+
+
+async def balance_as_of(db: Database, customer_id: str, at_ms: int) -> schemas.Balance:
+    async with db.read(snapshot=True) as conn:
+        if await repository.find_balance(conn, customer_id) is None:
+            raise customer_not_found(customer_id)
+        found = await repository.balance_as_of(conn, customer_id, at_ms)
+    hundredths, updated_at_ms = found if found is not None else (0, None)
+    return schemas.Balance(
+        customer_id,
+        msgspec.Raw(points.render(hundredths)),
+        render_optional(updated_at_ms),
+        as_of=render(at_ms),
+    )
+
+
+async def adjustment(db: Database, adjustment_id: str) -> schemas.AdjustmentDetail:
+    if not ID_PATTERN.fullmatch(adjustment_id) or not adjustment_id.startswith("adj_"):
+        raise adjustment_not_found(adjustment_id)
+    async with db.read(snapshot=True) as conn:
+        row = (await repository.find_adjustments(conn, [adjustment_id])).get(adjustment_id)
+        if row is None:
+            raise adjustment_not_found(adjustment_id)
+        reversed_total = (await repository.reversed_totals(conn, [adjustment_id]))[adjustment_id]
+    return schemas.adjustment_detail(row, abs(reversed_total))
+
+
+async def ledger_page(db: Database, query: LedgerQuery) -> schemas.LedgerPage:
+    """A page of every customer's adjustments, newest first, and the cursor of the next."""
+    async with db.read(snapshot=True) as conn:
+        rows = await repository.page_ledger(conn, dataclasses.replace(query, limit=query.limit + 1))
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    cursor = encode_cursor(rows[-1].id) if more else None
+    return schemas.LedgerPage([schemas.adjustment(row) for row in rows], cursor)
+
+
+def encode_cursor(adjustment_id: str) -> str:
+    return base64.urlsafe_b64encode(adjustment_id.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    """The id a cursor continues after; a 400 for anything this service did not make."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        adjustment_id = base64.urlsafe_b64decode(padded.encode()).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        adjustment_id = ""
+    if not ID_PATTERN.fullmatch(adjustment_id) or not adjustment_id.startswith("adj_"):
+        message = "cursor is not valid: pass the next_cursor of the previous page"
+        raise InvalidData(message, [FieldError("cursor", message)])
+    return adjustment_id
+
+
+async def expirations(
+    db: Database, customer_id: str, limit: int, offset: int
+) -> schemas.ExpirationPage:
+    async with db.read(snapshot=True) as conn:
+        if await repository.find_balance(conn, customer_id) is None:
+            raise customer_not_found(customer_id)
+        rows, count = await repository.page_lots(conn, customer_id, limit, offset)
+    return schemas.ExpirationPage([schemas.expiration(row) for row in rows], count, offset, limit)
+
+
+async def pending(db: Database, pending_id: str) -> schemas.PendingEnvelope:
+    async with db.read() as conn:
+        row = (await repository.find_pending(conn, [pending_id])).get(pending_id)
+    if row is None:
+        raise pending_not_found(pending_id)
+    return schemas.PendingEnvelope(schemas.pending(row))
+
+
+async def pending_page(
+    db: Database, customer_id: str, status: str | None, limit: int, offset: int
+) -> schemas.PendingPage:
+    async with db.read(snapshot=True) as conn:
+        if await repository.find_balance(conn, customer_id) is None:
+            raise customer_not_found(customer_id)
+        rows, count = await repository.page_pending(conn, customer_id, status, limit, offset)
+    return schemas.PendingPage([schemas.pending(row) for row in rows], count, offset, limit)
