@@ -406,3 +406,36 @@ def test_an_expiration_never_takes_a_balance_below_zero(lenient: Backend) -> Non
         assert [item["type"] for item in history] == ["adjustment"] * 4, history
         assert min(item["balance_after"] for item in history) == -50
         assert balance_body(api, customer_id)["balance"] == -29
+
+
+def test_a_debit_spans_several_credits_soonest_first(api: httpx.Client) -> None:
+    """Credits of 30 (expiring in 1 h), 50 (in 2 h) and 20 (never), then -40: the 1-hour
+    credit is used up and 10 come out of the 2-hour one; the never-expiring points stay."""
+    customer_id = new_customer(api)["id"]
+    first_at, second_at = iso_after(3600), iso_after(7200)
+    second = adjust_with(api, customer_id, 50, expires_at=second_at)
+    adjust_with(api, customer_id, 30, expires_at=first_at)
+    adjust_with(api, customer_id, 20)
+    adjust_with(api, customer_id, -40)
+    listed = expirations_list(api, customer_id)
+    assert listed["expirations"] == [
+        {"adjustment_id": second["id"], "points": 40, "expires_at": second_at}
+    ]
+    body = balance_body(api, customer_id)
+    assert body["balance"] == 60
+    assert body["next_expiration"] == {"points": 40, "expires_at": second_at}
+
+
+def test_a_reversal_of_a_credit_spends_the_soonest_expiring_points(api: httpx.Client) -> None:
+    """A reversal of a credit is a debit, and debits use the soonest-expiring points first:
+    reversing the 2-hour credit of 50 takes 50 out of the 1-hour credit of 100."""
+    customer_id = new_customer(api)["id"]
+    soon_at, later_at = iso_after(3600), iso_after(7200)
+    soon = adjust_with(api, customer_id, 100, expires_at=soon_at)
+    later = adjust_with(api, customer_id, 50, expires_at=later_at)
+    ok(api.post(f"/admin/loyalty/adjustments/{later['id']}/reverse", json={}))
+    assert expirations_list(api, customer_id)["expirations"] == [
+        {"adjustment_id": soon["id"], "points": 50, "expires_at": soon_at},
+        {"adjustment_id": later["id"], "points": 50, "expires_at": later_at},
+    ]
+    assert balance_body(api, customer_id)["balance"] == 100

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import timedelta
+from datetime import timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -187,6 +187,19 @@ def test_balance_as_of_points_in_time(api: httpx.Client) -> None:
     plain = balance_body(api, customer_id)
     assert plain["balance"] == Decimal("37.5")
     assert "as_of" not in plain
+
+
+def test_as_of_with_an_offset_is_the_same_instant(api: httpx.Client) -> None:
+    """as_of written with a UTC offset means that instant: one millisecond before an
+    adjustment, written in UTC+02:00, does not count it; its own moment does."""
+    customer_id = new_customer(api)["id"]
+    made = adjust_with(api, customer_id, 8)
+    local = parse_time(made["updated_at"]).astimezone(timezone(timedelta(hours=2)))
+    before = (local - timedelta(milliseconds=1)).isoformat(timespec="milliseconds")
+    at = local.isoformat(timespec="milliseconds")
+    assert before.endswith("+02:00")
+    assert balance_body(api, customer_id, as_of=before)["balance"] == 0
+    assert balance_body(api, customer_id, as_of=at)["balance"] == 8
 
 
 def test_as_of_for_a_customer_without_adjustments(api: httpx.Client) -> None:

@@ -427,3 +427,93 @@ def test_two_schedulers_and_a_manual_release_release_once(ticking: list[Backend]
         assert len(history) == 6
         balance = balance_body(api, customer_id)
         assert (balance["balance"], balance["pending"]) == (21, 0)
+
+
+def test_creating_pending_points_replays_with_an_idempotency_key(api: httpx.Client) -> None:
+    customer_id = new_customer(api)["id"]
+    key = f"pnd-{uuid.uuid4().hex}"
+    body = {"customer_id": customer_id, "points": 6, "release_at": iso_after(LATER)}
+    first = post_json(api, PENDING_PATH, body, key)
+    assert first.status_code == 200, first.text
+    again = post_json(api, PENDING_PATH, body, key)
+    assert again.status_code == 200
+    assert again.content == first.content
+    assert again.headers.get(REPLAYED_HEADER) == "true"
+    assert listing(api, customer_id)["count"] == 1
+    assert balance_body(api, customer_id)["pending"] == 6
+    other = {**body, "points": 7}
+    assert_error(post_json(api, PENDING_PATH, other, key), 422, "idempotency_error")
+
+
+def test_a_release_can_be_reversed(api: httpx.Client) -> None:
+    """A release is a credit like any other: it can be reversed, in part or in full."""
+    customer_id = new_customer(api)["id"]
+    pending = hold(api, customer_id, 30)
+    adjustment_id = ok(release(api, pending["id"]))["pending"]["adjustment_id"]
+    reversal = ok(api.post(f"/admin/loyalty/adjustments/{adjustment_id}/reverse", json={}))
+    assert reversal["reverses"] == adjustment_id
+    assert reversal["balance_after"] == 0
+    assert adjustment_of(api, adjustment_id)["reversed_points"] == 30
+    assert pending_of(api, pending["id"])["status"] == "released"
+
+
+def test_releases_and_voids_at_once_from_two_servers_have_one_winner(
+    ticking: list[Backend],
+) -> None:
+    """Five pending points, each sent three releases and three voids at once over two
+    servers: per pending exactly one request wins (200), the others are 409, and the final
+    status and the ledger follow the winner."""
+    with ticking[0].client() as api:
+        customer_id = new_customer(api)["id"]
+        made = [hold(api, customer_id, n) for n in (1, 2, 4, 8, 16)]
+
+    async def race() -> list[httpx.Response]:
+        clients = [
+            httpx.AsyncClient(
+                base_url=s.server.base_url,
+                headers={"Authorization": f"Bearer {s.token}"},
+                timeout=60,
+            )
+            for s in ticking
+        ]
+        try:
+            return await asyncio.wait_for(
+                asyncio.gather(
+                    *(
+                        clients[n % 2].post(f"{PENDING_PATH}/{p['id']}/{action}", json={})
+                        for p in made
+                        for n, action in enumerate(("release", "void") * 3)
+                    )
+                ),
+                timeout=120,
+            )
+        finally:
+            for client in clients:
+                await client.aclose()
+
+    responses = asyncio.run(race())
+    with ticking[1].client() as api:
+        history = full_history(api, customer_id)
+        expected_balance = 0
+        for index, pending in enumerate(made):
+            mine = responses[6 * index : 6 * index + 6]
+            assert sorted(r.status_code for r in mine) == [200, 409, 409, 409, 409, 409], [
+                r.text for r in mine
+            ]
+            (winner,) = [r for r in mine if r.status_code == 200]
+            status = winner.json()["pending"]["status"]
+            assert pending_of(api, pending["id"])["status"] == status
+            found = releases_of(history, pending["id"])
+            if status == "released":
+                assert len(found) == 1
+                expected_balance += pending["points"]
+            else:
+                assert status == "voided"
+                assert found == []
+        assert balance_body(api, customer_id) | {"next_expiration": None} == {
+            "customer_id": customer_id,
+            "balance": expected_balance,
+            "updated_at": history[-1]["created_at"] if history else None,
+            "pending": 0,
+            "next_expiration": None,
+        }

@@ -113,6 +113,14 @@ def test_metadata_values_keep_unicode(api: httpx.Client, funded: str) -> None:
     assert adjustment_of(api, made["id"])["metadata"] == metadata
 
 
+def test_an_expires_at_with_an_offset_is_the_same_instant_in_utc(
+    api: httpx.Client, funded: str
+) -> None:
+    """expires_at written with a UTC offset is kept as that instant, rendered in UTC."""
+    made = adjust_with(api, funded, 1, expires_at="2099-01-01T02:00:00+02:00")
+    assert adjustment_of(api, made["id"])["expires_at"] == "2099-01-01T00:00:00.000Z"
+
+
 def test_a_second_use_of_a_reference_is_409_naming_the_first(
     api: httpx.Client, funded: str
 ) -> None:
