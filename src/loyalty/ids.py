@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import base64
+import os
 import re
-import secrets
+from functools import lru_cache
 
 _RANDOM_BITS = 80
+_RANDOM_BYTES = _RANDOM_BITS // 8
+_POOL_BYTES = 4096
+_pool = b""
+_pool_at = 0
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]  # ten bits → two characters
+_PAIR_SHIFTS = tuple(range(120, -1, -10))  # 130 bits, most significant first
+_RANDOM_SHIFTS = _PAIR_SHIFTS[5:]  # the low 80 bits
 ID_PATTERN = re.compile(r"[a-z]{2,8}_[0-9A-HJKMNP-TV-Z]{26}")
 _ULID_MAX = (1 << 128) - 1
 _ULID_CHARS = 26
@@ -20,7 +29,16 @@ _CROCKFORD_TO_RFC = bytes.maketrans(
 
 
 def new_id(prefix: str, timestamp_ms: int) -> str:
-    return f"{prefix}_{_encode(timestamp_ms, secrets.randbits(_RANDOM_BITS))}"
+    # The first 10 characters are the time's (ids of one millisecond share them), the last
+    # 16 the 80 random bits'.
+    randomness = _random_bits()
+    random_part = "".join([_PAIRS[(randomness >> shift) & 0x3FF] for shift in _RANDOM_SHIFTS])
+    return f"{prefix}_{_time_part(timestamp_ms)}{random_part}"
+
+
+@lru_cache(maxsize=64)
+def _time_part(timestamp_ms: int) -> str:
+    return _encode_int(timestamp_ms << _RANDOM_BITS)[:10]
 
 
 def id_floor(prefix: str, timestamp_ms: int) -> str:
@@ -55,10 +73,20 @@ def _encode(timestamp_ms: int, randomness: int) -> str:
 
 
 def _encode_int(value: int) -> str:
-    """A 128-bit value as 26 Crockford base32 characters: the low 130 bits of a 160-bit
-    base32 text."""
-    text = base64.b32encode(value.to_bytes(20, "big"))[-_ULID_CHARS:]
-    return text.translate(_RFC_TO_CROCKFORD).decode()
+    """A 128-bit value as 26 Crockford base32 characters, ten bits (two characters) at a
+    time from a table: several times faster than base64.b32encode, which is pure Python."""
+    return "".join([_PAIRS[(value >> shift) & 0x3FF] for shift in _PAIR_SHIFTS])
+
+
+def _random_bits() -> int:
+    """80 random bits from a buffer of os.urandom, refilled a few hundred ids at a time
+    instead of a system call per id."""
+    global _pool, _pool_at
+    if _pool_at + _RANDOM_BYTES > len(_pool):
+        _pool, _pool_at = os.urandom(_POOL_BYTES), 0
+    start = _pool_at
+    _pool_at += _RANDOM_BYTES
+    return int.from_bytes(_pool[start:_pool_at], "big")
 
 
 def _decode(text: str) -> int:

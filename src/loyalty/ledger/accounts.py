@@ -32,7 +32,7 @@ class Lot:
         return (self.expires_at_ms, self.adjustment_id)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ is slower, and this is per row
 class Entry:
     """What a new adjustment says; the account adds its place in the ledger."""
 
@@ -68,6 +68,8 @@ class Account:
     # References taken in this batch (reference → the id that took it).
     references: dict[str, str] = field(default_factory=dict)
     changed: bool = False
+    # (pending, next expiration) as read: unchanged, only the tip needs writing.
+    summary_as_read: tuple[int, int | None, int | None] = (0, None, None)
 
     @classmethod
     def from_row(cls, row: BalanceRow) -> Account:
@@ -84,7 +86,11 @@ class Account:
         )
         # No next expiration: no lots, nothing to read.
         account.lots_loaded = row.next_expiration_ms is None
+        account.summary_as_read = account.summary()
         return account
+
+    def summary(self) -> tuple[int, int | None, int | None]:
+        return (self.pending, self.next_expiration_ms, self.next_expiration_points)
 
     def needs_lots(self, now_ms: int, debits: bool) -> bool:
         """Whether the lots must be read before this batch applies its commands."""
@@ -154,6 +160,7 @@ class Account:
         recorded = []
         while self.lots and self.lots[0].expires_at_ms <= now_ms:
             lot = self.lots.pop(0)
+            self.changed = True  # the lot is gone even when nothing is left to take
             taken = min(lot.remaining, max(self.balance, 0))
             if taken > 0:
                 entry = Entry(

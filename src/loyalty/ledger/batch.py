@@ -119,7 +119,7 @@ def weight(command: Command) -> int:
     return len(command.items) if isinstance(command, BulkCommand) else 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reply:
     body: bytes  # the JSON response, exactly as first sent
     status: int = 200
@@ -499,8 +499,13 @@ class Batch:
 
     async def _write(self) -> None:
         changed = [account for account in self.accounts.values() if account.changed]
-        if changed:
-            await repository.update_balances(self.conn, [account.row() for account in changed])
+        tips = [a.row() for a in changed if a.summary() == a.summary_as_read]
+        if tips:
+            await repository.update_balances(self.conn, tips, tips_only=True)
+        if len(tips) < len(changed):
+            await repository.update_balances(
+                self.conn, [a.row() for a in changed if a.summary() != a.summary_as_read]
+            )
         if self.rows:
             await repository.insert_adjustments(self.conn, self.rows)
         inserted, updated, deleted = [], [], []

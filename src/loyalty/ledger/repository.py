@@ -79,6 +79,11 @@ _ADJUSTMENT_COLUMNS = ", ".join(AdjustmentRow._fields)
 _ADJUSTMENT_VALUES = ", ".join(f"${n}" for n in range(1, len(AdjustmentRow._fields) + 1))
 _LOT_COLUMNS = ", ".join(LotRow._fields)
 _PENDING_COLUMNS = ", ".join(PendingRow._fields)
+# The balance and the ledger's tip: the leading fields of BalanceRow, up to last_hash.
+_TIP_FIELDS = BalanceRow._fields[: BalanceRow._fields.index("last_hash") + 1]
+_TIP_UPDATE = ", ".join(f"{name} = ${n}" for n, name in enumerate(_TIP_FIELDS[1:], start=2))
+_PLAIN_COLUMNS = ", ".join((*AdjustmentRow._fields[:8], "hash"))
+_PLAIN_VALUES = ", ".join(f"${n}" for n in range(1, 10))
 _BALANCE_UPDATE = ", ".join(
     f"{name} = ${n}" for n, name in enumerate(BalanceRow._fields[1:], start=2)
 )
@@ -98,16 +103,47 @@ async def lock_balances(conn: Connection, customer_ids: list[str]) -> list[Balan
     return [BalanceRow._make(row) for row in rows]
 
 
-async def update_balances(conn: Connection, rows: Sequence[BalanceRow]) -> None:
+async def update_balances(
+    conn: Connection, rows: Sequence[BalanceRow], tips_only: bool = False
+) -> None:
+    """Writes the balance rows; with `tips_only`, only the balance and the ledger's tip (the
+    usual adjustment, which changes no pending sum and no lot: fewer values to bind)."""
+    if tips_only:
+        await conn.executemany(
+            f"UPDATE loyalty_balances SET {_TIP_UPDATE} WHERE customer_id = $1",
+            [row[: len(_TIP_FIELDS)] for row in rows],
+        )
+        return
     await conn.executemany(
         f"UPDATE loyalty_balances SET {_BALANCE_UPDATE} WHERE customer_id = $1", rows
     )
 
 
 async def insert_adjustments(conn: Connection, rows: Sequence[AdjustmentRow]) -> None:
-    await conn.executemany(
-        f"INSERT INTO loyalty_adjustments ({_ADJUSTMENT_COLUMNS}) VALUES ({_ADJUSTMENT_VALUES})",
-        rows,
+    # The usual adjustment leaves the feature columns NULL (and type at its default): written
+    # apart, it binds 9 values instead of 15, a measurable share of the hot path on SQLite.
+    plain = [row for row in rows if _is_plain(row)]
+    if len(plain) < len(rows):
+        await conn.executemany(
+            f"INSERT INTO loyalty_adjustments ({_ADJUSTMENT_COLUMNS})"
+            f" VALUES ({_ADJUSTMENT_VALUES})",
+            [row for row in rows if not _is_plain(row)],
+        )
+    if plain:
+        await conn.executemany(
+            f"INSERT INTO loyalty_adjustments ({_PLAIN_COLUMNS}) VALUES ({_PLAIN_VALUES})",
+            [(*row[:8], row.hash) for row in plain],
+        )
+
+
+def _is_plain(row: AdjustmentRow) -> bool:
+    return (
+        row.type == "adjustment"
+        and row.reference is None
+        and row.metadata is None
+        and row.expires_at_ms is None
+        and row.reverses is None
+        and row.pending_id is None
     )
 
 

@@ -20,8 +20,9 @@ from loyalty.ledger.group_commit import BATCH_MAX
 from loyalty.ledger.service import Ledger
 from loyalty.timestamps import now_ms
 
-# Found per round: a backlog is worked through round after round, in bounded reads.
+# Found per read; a round reads again while it finds a full read, up to READS_PER_ROUND.
 DUE_PER_ROUND = 1000
+READS_PER_ROUND = 20
 _log = logging.getLogger("loyalty.scheduler")
 
 
@@ -39,7 +40,7 @@ async def run_periodically(db: Database, ledger: Ledger, interval_s: float) -> N
 async def run_once(db: Database, ledger: Ledger) -> int:
     """Records what is due now; how many customers and pending points it looked at."""
     handled = 0
-    while True:
+    for _ in range(READS_PER_ROUND):
         at = now_ms()
         async with db.read() as conn:
             customers = await repository.customers_with_due_lots(conn, at, DUE_PER_ROUND)
@@ -51,4 +52,5 @@ async def run_once(db: Database, ledger: Ledger) -> int:
         )
         handled += len(customers) + len(pending)
         if len(customers) < DUE_PER_ROUND and len(pending) < DUE_PER_ROUND:
-            return handled
+            break
+    return handled
