@@ -376,130 +376,6 @@ def adjust_raw(client: httpx.Client, body: str, **params: str) -> httpx.Response
     )
 
 
-# --- the database behind the service's back ----------------------------------------------
-
-
-def sql(database_url: str, statement: str, *args: Any) -> list[tuple[Any, ...]]:
-    """Runs one statement (PostgreSQL's `$1` parameters) straight on the database, committed,
-    and returns its rows."""
-    if database_url.startswith("sqlite:///"):
-        conn = sqlite3.connect(database_url.removeprefix("sqlite:///"), timeout=10)
-        try:
-            with conn:
-                text = re.sub(r"\$(\d+)", r"?\1", statement)
-                return [tuple(row) for row in conn.execute(text, args)]
-        finally:
-            conn.close()
-
-    async def run() -> list[tuple[Any, ...]]:
-        pg = await asyncpg.connect(database_url, timeout=10)
-        try:
-            return [tuple(row) for row in await pg.fetch(statement, *args)]
-        finally:
-            await pg.close()
-
-    return asyncio.run(run())
-
-
-@asynccontextmanager
-async def write_gate(database_url: str) -> AsyncIterator[None]:
-    """Holds the database's write path until the block ends, so that the service's next
-    adjustment batch waits in the database and the requests after it queue up together.
-
-    SQLite: another connection holds the write lock (BEGIN IMMEDIATE; the service's writer
-    waits up to its 5 s busy timeout). PostgreSQL: another session holds
-    `loyalty_balances` in EXCLUSIVE mode, which the batch's SELECT ... FOR UPDATE waits for
-    (plain reads go on). Hold it well under a second."""
-    if database_url.startswith("sqlite:///"):
-        conn = sqlite3.connect(
-            database_url.removeprefix("sqlite:///"), isolation_level=None, timeout=10
-        )
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            finally:
-                conn.execute("ROLLBACK")
-        finally:
-            conn.close()
-        return
-    pg = await asyncpg.connect(database_url, timeout=10)
-    try:
-        transaction = pg.transaction()
-        await transaction.start()
-        try:
-            await pg.execute("LOCK TABLE loyalty_balances IN EXCLUSIVE MODE")
-            yield
-        finally:
-            await transaction.rollback()
-    finally:
-        await pg.close()
-
-
-@dataclass(frozen=True)
-class Call:
-    """One adjust request of a batch: the body exactly as sent, and its headers' options."""
-
-    body: str
-    key: str | None = None
-    token: str | None = None  # None: the batch's default token
-    params: Mapping[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, customer_id: str, delta: str, key: str | None = None, **fields: Any) -> Call:
-        parts = [f'"customer_id": {json.dumps(customer_id)}', f'"delta": {delta}']
-        parts += [f"{json.dumps(name)}: {json.dumps(value)}" for name, value in fields.items()]
-        return cls("{" + ", ".join(parts) + "}", key)
-
-
-PLUG_WAIT_S = 0.2  # from the plug to the first request of the batch
-ARRIVAL_GAP_S = 0.05  # between the batch's requests, so their order of arrival is known
-QUEUE_WAIT_S = 0.5  # from the last request to letting the database go
-
-
-async def send_as_one_batch(
-    base_url: str, database_url: str, token: str, plug: Call, calls: Sequence[Call]
-) -> tuple[httpx.Response, list[httpx.Response]]:
-    """Sends `calls` so that a one-worker service applies them as one batch, in this order.
-
-    With the write path held (write_gate), the `plug` is sent first: it becomes a batch of
-    its own, which waits in the database. Then each call goes on a connection of its own,
-    ARRIVAL_GAP_S apart; they queue behind the plug, and when the database is let go they
-    are taken together as the next batch. Returns the plug's response and the calls' in
-    order."""
-
-    async def send(call: Call) -> httpx.Response:
-        headers = {
-            "Authorization": f"Bearer {call.token or token}",
-            "Content-Type": "application/json",
-        }
-        if call.key is not None:
-            headers["Idempotency-Key"] = call.key
-        async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
-            return await client.post(
-                ADJUST_PATH, content=call.body.encode(), headers=headers, params=call.params
-            )
-
-    async with write_gate(database_url):
-        plugged = asyncio.create_task(send(plug))
-        await asyncio.sleep(PLUG_WAIT_S)
-        tasks = []
-        for call in calls:
-            tasks.append(asyncio.create_task(send(call)))
-            await asyncio.sleep(ARRIVAL_GAP_S)
-        await asyncio.sleep(QUEUE_WAIT_S)
-        assert not plugged.done(), f"the plug was not held: {plugged.result().text}"
-    responses = await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
-    return await plugged, list(responses)
-
-
-def assert_one_batch(responses: Sequence[httpx.Response]) -> None:
-    """The adjustments answered 200 were made in one transaction: a batch takes its time
-    once, so they all carry one `updated_at` (to the millisecond)."""
-    times = {r.json()["updated_at"] for r in responses if r.status_code == 200}
-    assert len(times) == 1, f"the requests were not applied as one batch: {sorted(times)}"
-
-
 # --- references, reversals, expirations, pending points, bulk, the whole ledger ----------
 
 ADJUSTMENTS_PATH = "/admin/loyalty/adjustments"
@@ -693,3 +569,127 @@ def backends_on_one_database(
             stack.enter_context(Backend.start(kind, database_url, workdir, workers=1, **env))
             for _ in range(count)
         ]
+
+
+# --- the database behind the service's back ----------------------------------------------
+
+
+def sql(database_url: str, statement: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Runs one statement (PostgreSQL's `$1` parameters) straight on the database, committed,
+    and returns its rows."""
+    if database_url.startswith("sqlite:///"):
+        conn = sqlite3.connect(database_url.removeprefix("sqlite:///"), timeout=10)
+        try:
+            with conn:
+                text = re.sub(r"\$(\d+)", r"?\1", statement)
+                return [tuple(row) for row in conn.execute(text, args)]
+        finally:
+            conn.close()
+
+    async def run() -> list[tuple[Any, ...]]:
+        pg = await asyncpg.connect(database_url, timeout=10)
+        try:
+            return [tuple(row) for row in await pg.fetch(statement, *args)]
+        finally:
+            await pg.close()
+
+    return asyncio.run(run())
+
+
+@asynccontextmanager
+async def write_gate(database_url: str) -> AsyncIterator[None]:
+    """Holds the database's write path until the block ends, so that the service's next
+    adjustment batch waits in the database and the requests after it queue up together.
+
+    SQLite: another connection holds the write lock (BEGIN IMMEDIATE; the service's writer
+    waits up to its 5 s busy timeout). PostgreSQL: another session holds
+    `loyalty_balances` in EXCLUSIVE mode, which the batch's SELECT ... FOR UPDATE waits for
+    (plain reads go on). Hold it well under a second."""
+    if database_url.startswith("sqlite:///"):
+        conn = sqlite3.connect(
+            database_url.removeprefix("sqlite:///"), isolation_level=None, timeout=10
+        )
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            finally:
+                conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+        return
+    pg = await asyncpg.connect(database_url, timeout=10)
+    try:
+        transaction = pg.transaction()
+        await transaction.start()
+        try:
+            await pg.execute("LOCK TABLE loyalty_balances IN EXCLUSIVE MODE")
+            yield
+        finally:
+            await transaction.rollback()
+    finally:
+        await pg.close()
+
+
+@dataclass(frozen=True)
+class Call:
+    """One adjust request of a batch: the body exactly as sent, and its headers' options."""
+
+    body: str
+    key: str | None = None
+    token: str | None = None  # None: the batch's default token
+    params: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, customer_id: str, delta: str, key: str | None = None, **fields: Any) -> Call:
+        parts = [f'"customer_id": {json.dumps(customer_id)}', f'"delta": {delta}']
+        parts += [f"{json.dumps(name)}: {json.dumps(value)}" for name, value in fields.items()]
+        return cls("{" + ", ".join(parts) + "}", key)
+
+
+PLUG_WAIT_S = 0.2  # from the plug to the first request of the batch
+ARRIVAL_GAP_S = 0.05  # between the batch's requests, so their order of arrival is known
+QUEUE_WAIT_S = 0.5  # from the last request to letting the database go
+
+
+async def send_as_one_batch(
+    base_url: str, database_url: str, token: str, plug: Call, calls: Sequence[Call]
+) -> tuple[httpx.Response, list[httpx.Response]]:
+    """Sends `calls` so that a one-worker service applies them as one batch, in this order.
+
+    With the write path held (write_gate), the `plug` is sent first: it becomes a batch of
+    its own, which waits in the database. Then each call goes on a connection of its own,
+    ARRIVAL_GAP_S apart; they queue behind the plug, and when the database is let go they
+    are taken together as the next batch. Returns the plug's response and the calls' in
+    order."""
+
+    async def send(call: Call) -> httpx.Response:
+        headers = {
+            "Authorization": f"Bearer {call.token or token}",
+            "Content-Type": "application/json",
+        }
+        if call.key is not None:
+            headers["Idempotency-Key"] = call.key
+        async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
+            return await client.post(
+                ADJUST_PATH, content=call.body.encode(), headers=headers, params=call.params
+            )
+
+    async with write_gate(database_url):
+        plugged = asyncio.create_task(send(plug))
+        await asyncio.sleep(PLUG_WAIT_S)
+        tasks = []
+        for call in calls:
+            tasks.append(asyncio.create_task(send(call)))
+            await asyncio.sleep(ARRIVAL_GAP_S)
+        await asyncio.sleep(QUEUE_WAIT_S)
+        assert not plugged.done(), f"the plug was not held: {plugged.result().text}"
+    responses = await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
+    return await plugged, list(responses)
+
+
+def assert_one_batch(responses: Sequence[httpx.Response]) -> None:
+    """The adjustments answered 200 were made in one transaction: a batch takes its time
+    once, so they all carry one `updated_at` (to the millisecond)."""
+    times = {r.json()["updated_at"] for r in responses if r.status_code == 200}
+    assert len(times) == 1, f"the requests were not applied as one batch: {sorted(times)}"
