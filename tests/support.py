@@ -693,3 +693,30 @@ def assert_one_batch(responses: Sequence[httpx.Response]) -> None:
     once, so they all carry one `updated_at` (to the millisecond)."""
     times = {r.json()["updated_at"] for r in responses if r.status_code == 200}
     assert len(times) == 1, f"the requests were not applied as one batch: {sorted(times)}"
+
+
+# An adjustment's stored fields as `loyalty.ledger.chain.api_fields` takes them: a plain
+# adjustment, to be overridden field by field.
+PLAIN_ADJUSTMENT: dict[str, Any] = {
+    "id": "adj_01ARZ3NDEKTSV4RRFFQ69G5FAV",
+    "customer_id": "cus_1",
+    "type": "adjustment",
+    "delta_hundredths": 100,
+    "balance_after_hundredths": 100,
+    "reason": None,
+    "reference": None,
+    "metadata": None,
+    "expires_at_ms": None,
+    "reverses": None,
+    "pending_id": None,
+    "created_by": None,
+    "created_at_ms": 1_700_000_000_000,
+}
+
+
+def adjustment_hash(previous_hash: str | None, **fields: Any) -> str:
+    """The hash of an adjustment made of PLAIN_ADJUSTMENT and `fields`, after
+    `previous_hash` (None for a customer's first)."""
+    from loyalty.ledger import chain
+
+    return chain.link(previous_hash, chain.api_fields(**{**PLAIN_ADJUSTMENT, **fields}))

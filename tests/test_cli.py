@@ -19,12 +19,12 @@ import httpx
 import pytest
 from ulid import ULID
 
-from loyalty.ledger import chain
 from tests.conftest import DatabaseFactory
 from tests.support import (
     Backend,
     Server,
     adjust,
+    adjustment_hash,
     assert_verify,
     new_customer,
     run_cli,
@@ -325,23 +325,15 @@ def test_verify_finds_an_adjustment_beyond_the_balance_row(ledger: Ledger) -> No
     appended_at = created_at_ms + 1
     appended_id = f"adj_{ULID.from_timestamp(appended_at / 1000)}"
     reason = "behind the service's back"
-    appended_hash = chain.link(
+    appended_hash = adjustment_hash(
         previous_hash,
-        chain.api_fields(
-            id=appended_id,
-            customer_id=customer_id,
-            type="adjustment",
-            delta_hundredths=500,
-            balance_after_hundredths=after + 500,
-            reason=reason,
-            reference=None,
-            metadata=None,
-            expires_at_ms=None,
-            reverses=None,
-            pending_id=None,
-            created_by=created_by,
-            created_at_ms=appended_at,
-        ),
+        id=appended_id,
+        customer_id=customer_id,
+        delta_hundredths=500,
+        balance_after_hundredths=after + 500,
+        reason=reason,
+        created_by=created_by,
+        created_at_ms=appended_at,
     )
     sql(
         ledger.url,

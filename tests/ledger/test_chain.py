@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from loyalty.ledger import chain
+from tests.support import PLAIN_ADJUSTMENT
 
 _text = st.text(max_size=40) | st.none()
 
@@ -24,19 +25,13 @@ def test_canonical_is_sorted_compact_json(
     reason: str | None, reference: str | None, metadata: dict[str, str] | None, delta: int
 ) -> None:
     fields = chain.api_fields(
-        id="adj_01ARZ3NDEKTSV4RRFFQ69G5FAV",
-        customer_id="cus_1",
-        type="adjustment",
-        delta_hundredths=delta,
-        balance_after_hundredths=delta,
-        reason=reason,
-        reference=reference,
-        metadata=metadata,
-        expires_at_ms=None,
-        reverses=None,
-        pending_id=None,
-        created_by="user_1",
-        created_at_ms=1_700_000_000_123,
+        **{
+            **PLAIN_ADJUSTMENT,
+            "delta_hundredths": delta,
+            "reason": reason,
+            "reference": reference,
+            "metadata": metadata,
+        }
     )
     expected = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     assert chain.canonical(fields) == expected.encode()

@@ -32,6 +32,18 @@ class Lot:
         return (self.expires_at_ms, self.adjustment_id)
 
 
+def spend_soonest_first(lots: list[Lot], amount: int) -> None:
+    """Takes `amount` from the lots (soonest first), dropping those it empties; what they
+    cannot cover comes from points that never expire."""
+    while amount > 0 and lots:
+        lot = lots[0]
+        used = min(lot.remaining, amount)
+        lot.remaining -= used
+        amount -= used
+        if lot.remaining == 0:
+            lots.pop(0)
+
+
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ is slower, and this is per row
 class Entry:
     """What a new adjustment says; the account adds its place in the ledger."""
@@ -243,13 +255,7 @@ class Account:
         if self.next_expiration_ms is None and not self.lots:
             return
         self._require_lots()
-        while amount > 0 and self.lots:
-            lot = self.lots[0]
-            used = min(lot.remaining, amount)
-            lot.remaining -= used
-            amount -= used
-            if lot.remaining == 0:
-                self.lots.pop(0)
+        spend_soonest_first(self.lots, amount)
         self._refresh_next_expiration()
 
     def _refresh_next_expiration(self) -> None:

@@ -54,36 +54,36 @@ _encoder = msgspec.json.Encoder()
 _NOT_REVERSIBLE = ("reversal", "expiration")
 
 
-@dataclass(frozen=True, slots=True)
-class AdjustCommand:
-    body: AdjustBody
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Write:
+    """A write a caller asked for: who (confirmed in the batch), and its Idempotency-Key."""
+
     claim: TokenClaim
-    include_history: bool
     keyed: KeyedRequest | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class BulkCommand:
+class AdjustCommand(_Write):
+    body: AdjustBody
+    include_history: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BulkCommand(_Write):
     # Each item's body, or why it is invalid (its own outcome, or the atomic bulk's failure).
     items: list[AdjustBody | LoyaltyError]
     atomic: bool
-    claim: TokenClaim
-    keyed: KeyedRequest | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class ReverseCommand:
+class ReverseCommand(_Write):
     adjustment_id: str
     body: ReverseBody
-    claim: TokenClaim
-    keyed: KeyedRequest | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class CreatePendingCommand:
+class CreatePendingCommand(_Write):
     body: PendingBody
-    claim: TokenClaim
-    keyed: KeyedRequest | None = None
 
 
 @dataclass(frozen=True, slots=True)

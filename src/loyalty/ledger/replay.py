@@ -18,6 +18,7 @@ import msgspec
 from loyalty import timestamps
 from loyalty.db import Connection
 from loyalty.ledger import chain
+from loyalty.ledger.accounts import Lot, spend_soonest_first
 from loyalty.ledger.repository import AdjustmentRow, BalanceRow, LotRow
 
 CHUNK = 5000
@@ -48,8 +49,7 @@ class _Replay:
     customer_id: str
     previous_hash: str | None = None
     balance: int = 0
-    # [expires_at_ms, adjustment_id, remaining], soonest first.
-    lots: list[list[int | str]] = field(default_factory=list)
+    lots: list[Lot] = field(default_factory=list)  # soonest first
     chain_broken: bool = False
 
 
@@ -104,34 +104,28 @@ def _step(state: _Replay, row: AdjustmentRow, findings: Findings) -> None:
     state.previous_hash = row.hash
     expired_lot = metadata.get("adjustment_id") if row.type == "expiration" and metadata else None
     # Lots due by this adjustment's time expired before it.
-    while state.lots and int(state.lots[0][0]) <= row.created_at_ms:
-        if state.lots[0][1] == expired_lot:
+    while state.lots and state.lots[0].expires_at_ms <= row.created_at_ms:
+        if state.lots[0].adjustment_id == expired_lot:
             break
         if state.balance > 0:
             findings.add(
                 "expirations",
-                f"customer {row.customer_id}: lot {state.lots[0][1]} expired without a record",
+                f"customer {row.customer_id}: lot {state.lots[0].adjustment_id} expired"
+                " without a record",
             )
         state.lots.pop(0)
     if row.type == "expiration":
-        if not state.lots or state.lots[0][1] != expired_lot:
+        if not state.lots or state.lots[0].adjustment_id != expired_lot:
             findings.add("expirations", f"customer {row.customer_id} adjustment {row.id}")
         else:
             lot = state.lots.pop(0)
-            expected = min(int(lot[2]), max(state.balance, 0))
-            if -row.delta_hundredths != expected:
+            if -row.delta_hundredths != min(lot.remaining, max(state.balance, 0)):
                 findings.add("expirations", f"customer {row.customer_id} adjustment {row.id}")
     elif row.delta_hundredths > 0 and row.expires_at_ms is not None:
-        state.lots.append([row.expires_at_ms, row.id, row.delta_hundredths])
-        state.lots.sort(key=lambda lot: (lot[0], lot[1]))
+        state.lots.append(Lot(row.id, row.expires_at_ms, row.delta_hundredths))
+        state.lots.sort(key=Lot.key)
     elif row.delta_hundredths < 0:
-        amount = -row.delta_hundredths
-        while amount > 0 and state.lots:
-            used = min(int(state.lots[0][2]), amount)
-            state.lots[0][2] = int(state.lots[0][2]) - used
-            amount -= used
-            if state.lots[0][2] == 0:
-                state.lots.pop(0)
+        spend_soonest_first(state.lots, -row.delta_hundredths)
     state.balance += row.delta_hundredths
 
 
@@ -145,7 +139,7 @@ def _finish(
     balance = balances.get(state.customer_id)
     if balance is not None and balance.last_hash != state.previous_hash:
         findings.add("hash_chain", f"customer {state.customer_id} (balance row's last_hash)")
-    replayed = [(int(lot[0]), str(lot[1]), int(lot[2])) for lot in state.lots]
+    replayed = [(lot.expires_at_ms, lot.adjustment_id, lot.remaining) for lot in state.lots]
     stored = [
         (lot.expires_at_ms, lot.adjustment_id, lot.remaining_hundredths)
         for lot in stored_lots.get(state.customer_id, [])

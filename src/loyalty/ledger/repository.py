@@ -7,11 +7,11 @@ a column is added in one place: its row type (and the migration that creates it)
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
-from loyalty.db import Connection
+from loyalty.db import Connection, Record
 
 
 class BalanceRow(NamedTuple):
@@ -74,6 +74,14 @@ class PendingRow(NamedTuple):
     updated_at_ms: int
 
 
+R = TypeVar("R")
+
+
+async def _rows(conn: Connection, make: Callable[[Record], R], sql: str, *args: Any) -> list[R]:
+    """The query's rows, each made into its named row type."""
+    return [make(row) for row in await conn.fetch(sql, *args)]
+
+
 _BALANCE_COLUMNS = ", ".join(BalanceRow._fields)
 _ADJUSTMENT_COLUMNS = ", ".join(AdjustmentRow._fields)
 _ADJUSTMENT_VALUES = ", ".join(f"${n}" for n in range(1, len(AdjustmentRow._fields) + 1))
@@ -95,12 +103,13 @@ async def lock_balances(conn: Connection, customer_ids: list[str]) -> list[Balan
     Locked in customer_id order, the same in every transaction, so that two batches sharing
     customers wait for each other instead of deadlocking.
     """
-    rows = await conn.fetch(
+    return await _rows(
+        conn,
+        BalanceRow._make,
         f"SELECT {_BALANCE_COLUMNS} FROM loyalty_balances"
         " WHERE customer_id = ANY($1) ORDER BY customer_id FOR UPDATE",
         customer_ids,
     )
-    return [BalanceRow._make(row) for row in rows]
 
 
 async def update_balances(
@@ -187,12 +196,13 @@ async def find_references(
 
 async def lots_of(conn: Connection, customer_ids: list[str]) -> list[LotRow]:
     """The customers' unexpired lots, each customer's soonest first."""
-    rows = await conn.fetch(
+    return await _rows(
+        conn,
+        LotRow._make,
         f"SELECT {_LOT_COLUMNS} FROM loyalty_lots WHERE customer_id = ANY($1)"
         " ORDER BY customer_id, expires_at_ms, adjustment_id",
         customer_ids,
     )
-    return [LotRow._make(row) for row in rows]
 
 
 async def write_lots(
@@ -340,12 +350,13 @@ async def page_ledger(conn: Connection, query: LedgerQuery) -> list[AdjustmentRo
             clauses.append(f"{column} {operator} ${len(args)}")
     where = " AND ".join(clauses) or "TRUE"
     args.append(query.limit)
-    rows = await conn.fetch(
+    return await _rows(
+        conn,
+        AdjustmentRow._make,
         f"SELECT {_ADJUSTMENT_COLUMNS} FROM loyalty_adjustments WHERE {where}"
         f" ORDER BY {order} DESC LIMIT ${len(args)}",
         *args,
     )
-    return [AdjustmentRow._make(row) for row in rows]
 
 
 async def adjustment_exists(conn: Connection, adjustment_id: str) -> bool:
@@ -373,14 +384,15 @@ async def latest_adjustments(
 ) -> list[AdjustmentRow]:
     """The newest `limit` adjustments up to `up_to_seq`: a walk down the (customer_id, seq)
     index, whatever the ledger's length."""
-    rows = await conn.fetch(
+    return await _rows(
+        conn,
+        AdjustmentRow._make,
         f"SELECT {_ADJUSTMENT_COLUMNS} FROM loyalty_adjustments WHERE customer_id = $1"
         " AND seq <= $2 ORDER BY seq DESC LIMIT $3",
         customer_id,
         up_to_seq,
         limit,
     )
-    return [AdjustmentRow._make(row) for row in rows]
 
 
 async def latest_adjustments_many(
@@ -433,14 +445,15 @@ async def page_adjustments(conn: Connection, query: HistoryPage) -> list[Adjustm
     where, args = _history_filter(query)
     order = "DESC" if query.newest_first else "ASC"
     n = len(args)
-    rows = await conn.fetch(
+    return await _rows(
+        conn,
+        AdjustmentRow._make,
         f"SELECT {_ADJUSTMENT_COLUMNS} FROM loyalty_adjustments WHERE {where}"
         f" ORDER BY seq {order} LIMIT ${n + 1} OFFSET ${n + 2}",
         *args,
         query.limit,
         query.offset,
     )
-    return [AdjustmentRow._make(row) for row in rows]
 
 
 async def count_adjustments(conn: Connection, query: HistoryPage) -> int:

@@ -4,6 +4,7 @@ pending points, reversal and the whole ledger."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated
 
 import msgspec
@@ -16,7 +17,7 @@ from loyalty.auth.guard import Caller, TokenClaim
 from loyalty.auth.scopes import LOYALTY_READ, LOYALTY_WRITE
 from loyalty.context import AppContext
 from loyalty.errors import FieldError, InvalidData, LoyaltyError
-from loyalty.http.body import decode_field, parse_json_object, read_body
+from loyalty.http.body import BODY_MAX_BYTES, decode_field, parse_json_object, read_body
 from loyalty.http.params import (
     parse_bool,
     parse_int,
@@ -29,6 +30,7 @@ from loyalty.http.responses import json_response
 from loyalty.http.routing import Endpoint, Operation
 from loyalty.http.schemas import PageQuery
 from loyalty.idempotency.keys import keyed_request, read_key, replay_headers
+from loyalty.idempotency.policy import KeyedRequest
 from loyalty.ids import id_ceiling, id_floor
 from loyalty.ledger import repository, service
 from loyalty.ledger.batch import (
@@ -141,8 +143,31 @@ def _bulk_items(raw: dict[str, msgspec.Raw]) -> tuple[list[AdjustBody | LoyaltyE
     return parsed, atomic
 
 
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """A writing request's body: its fields, still raw JSON, and its Idempotency-Key."""
+
+    fields: dict[str, msgspec.Raw]
+    keyed: KeyedRequest | None
+
+
+async def read_write(
+    request: Request,
+    claim: TokenClaim,
+    allowed: frozenset[str],
+    size_max: int = BODY_MAX_BYTES,
+    optional: bool = False,
+) -> _Sent:
+    """The body of a POST that writes (a JSON object of `allowed` fields, or nothing at all
+    when `optional`), and its key with the fingerprint a replay must match."""
+    key = read_key(request)
+    raw = await read_body(request, size_max)
+    fields = {} if optional and not raw else parse_json_object(request, raw, allowed)
+    return _Sent(fields, keyed_request(request, key, claim.actor_id, raw))
+
+
 def endpoints(ctx: AppContext) -> list[Endpoint]:
-    async def write(command: Command) -> Response:
+    async def submit(command: Command) -> Response:
         reply = await ctx.ledger.submit(command)
         headers = replay_headers(reply.replayed)
         return Response(reply.body, reply.status, headers, media_type="application/json")
@@ -150,48 +175,36 @@ def endpoints(ctx: AppContext) -> list[Endpoint]:
     async def adjust(request: Request, claim: TokenClaim) -> Response:
         params = query_params(request, AdjustQuery)
         include_history = parse_bool(params, "include_history", False)
-        key = read_key(request)
-        raw = await read_body(request)
-        body = parse_adjust_body(parse_json_object(request, raw, ADJUST_FIELDS))
-        keyed = keyed_request(request, key, claim.actor_id, raw)
-        return await write(AdjustCommand(body, claim, include_history, keyed))
+        sent = await read_write(request, claim, ADJUST_FIELDS)
+        body = parse_adjust_body(sent.fields)
+        return await submit(AdjustCommand(body, include_history, claim=claim, keyed=sent.keyed))
 
     async def bulk_adjust(request: Request, claim: TokenClaim) -> Response:
         query_params(request)
-        key = read_key(request)
-        raw = await read_body(request, BULK_BODY_MAX_BYTES)
-        items, atomic = _bulk_items(parse_json_object(request, raw, BULK_FIELDS))
-        keyed = keyed_request(request, key, claim.actor_id, raw)
-        return await write(BulkCommand(items, atomic, claim, keyed))
+        sent = await read_write(request, claim, BULK_FIELDS, BULK_BODY_MAX_BYTES)
+        items, atomic = _bulk_items(sent.fields)
+        return await submit(BulkCommand(items, atomic, claim=claim, keyed=sent.keyed))
 
     async def reverse(request: Request, claim: TokenClaim) -> Response:
         query_params(request)
         adjustment_id = path_param(request, "adjustment_id", ID_MAX)
-        key = read_key(request)
-        raw = await read_body(request)
-        body = parse_reverse_body(parse_json_object(request, raw, REVERSE_FIELDS) if raw else {})
-        keyed = keyed_request(request, key, claim.actor_id, raw)
-        return await write(ReverseCommand(adjustment_id, body, claim, keyed))
+        sent = await read_write(request, claim, REVERSE_FIELDS, optional=True)
+        body = parse_reverse_body(sent.fields)
+        return await submit(ReverseCommand(adjustment_id, body, claim=claim, keyed=sent.keyed))
 
     async def create_pending(request: Request, claim: TokenClaim) -> Response:
         query_params(request)
-        key = read_key(request)
-        raw = await read_body(request)
-        body = parse_pending_body(parse_json_object(request, raw, PENDING_FIELDS))
-        keyed = keyed_request(request, key, claim.actor_id, raw)
-        return await write(CreatePendingCommand(body, claim, keyed))
+        sent = await read_write(request, claim, PENDING_FIELDS)
+        body = parse_pending_body(sent.fields)
+        return await submit(CreatePendingCommand(body, claim=claim, keyed=sent.keyed))
 
     def settle(release: bool) -> Callable[[Request, TokenClaim], Awaitable[Response]]:
         async def handler(request: Request, claim: TokenClaim) -> Response:
             query_params(request)
             pending_id = path_param(request, "pending_id", ID_MAX)
-            key = read_key(request)
-            raw = await read_body(request)
-            if raw:
-                parse_json_object(request, raw, _NO_FIELDS)
-            keyed = keyed_request(request, key, claim.actor_id, raw)
-            command = SettlePendingCommand(pending_id, release, claim, keyed)
-            return await write(command)
+            sent = await read_write(request, claim, _NO_FIELDS, optional=True)
+            command = SettlePendingCommand(pending_id, release, claim=claim, keyed=sent.keyed)
+            return await submit(command)
 
         return handler
 

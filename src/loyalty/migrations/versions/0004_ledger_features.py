@@ -45,34 +45,24 @@ def upgrade() -> None:
         batch.add_column(sa.Column("pending_id", sa.Text))
         batch.add_column(sa.Column("hash", sa.Text))
     # A reference names one thing per customer; an index walk answers "who used it".
-    op.create_index(
+    _partial_index(
         "loyalty_adjustments_customer_reference",
         "loyalty_adjustments",
         ["customer_id", "reference"],
+        "reference IS NOT NULL",
         unique=True,
-        sqlite_where=sa.text("reference IS NOT NULL"),
-        postgresql_where=sa.text("reference IS NOT NULL"),
     )
-    op.create_index(
+    _partial_index(
         "loyalty_adjustments_reference",
         "loyalty_adjustments",
         ["reference", "id"],
-        sqlite_where=sa.text("reference IS NOT NULL"),
-        postgresql_where=sa.text("reference IS NOT NULL"),
+        "reference IS NOT NULL",
     )
-    op.create_index(
-        "loyalty_adjustments_reverses",
-        "loyalty_adjustments",
-        ["reverses"],
-        sqlite_where=sa.text("reverses IS NOT NULL"),
-        postgresql_where=sa.text("reverses IS NOT NULL"),
+    _partial_index(
+        "loyalty_adjustments_reverses", "loyalty_adjustments", ["reverses"], "reverses IS NOT NULL"
     )
-    op.create_index(
-        "loyalty_adjustments_type",
-        "loyalty_adjustments",
-        ["type", "id"],
-        sqlite_where=sa.text("type <> 'adjustment'"),
-        postgresql_where=sa.text("type <> 'adjustment'"),
+    _partial_index(
+        "loyalty_adjustments_type", "loyalty_adjustments", ["type", "id"], "type <> 'adjustment'"
     )
     # Point-in-time reads: the last adjustment at or before a time is one index walk, ties
     # within a millisecond broken by seq.
@@ -128,23 +118,28 @@ def upgrade() -> None:
             "status IN ('pending', 'released', 'voided')", name="loyalty_pending_status_check"
         ),
     )
-    op.create_index(
+    _partial_index(
         "loyalty_pending_customer_reference",
         "loyalty_pending",
         ["customer_id", "reference"],
+        "reference IS NOT NULL",
         unique=True,
-        sqlite_where=sa.text("reference IS NOT NULL"),
-        postgresql_where=sa.text("reference IS NOT NULL"),
     )
     op.create_index("loyalty_pending_customer", "loyalty_pending", ["customer_id", "id"])
-    op.create_index(
-        "loyalty_pending_due",
-        "loyalty_pending",
-        ["release_at_ms"],
-        sqlite_where=sa.text("status = 'pending'"),
-        postgresql_where=sa.text("status = 'pending'"),
+    _partial_index(
+        "loyalty_pending_due", "loyalty_pending", ["release_at_ms"], "status = 'pending'"
     )
     _backfill_hashes()
+
+
+def _partial_index(
+    name: str, table: str, columns: list[str], where: str, unique: bool = False
+) -> None:
+    """An index of the rows `where` holds, on both databases."""
+    condition = sa.text(where)
+    op.create_index(
+        name, table, columns, unique=unique, sqlite_where=condition, postgresql_where=condition
+    )
 
 
 def _backfill_hashes() -> None:
