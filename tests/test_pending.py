@@ -43,6 +43,7 @@ from tests.support import (
     post_json,
     sleep_until,
     user_id,
+    whole_ledger,
 )
 
 if TYPE_CHECKING:
@@ -517,3 +518,30 @@ def test_releases_and_voids_at_once_from_two_servers_have_one_winner(
             "pending": 0,
             "next_expiration": None,
         }
+
+
+def test_released_points_expire_at_the_pendings_expires_at(api: httpx.Client) -> None:
+    """A pending already due, with expires_at a few seconds ahead: the scheduler releases
+    it, then expires the release's points, and the whole ledger lists each by its type."""
+    customer_id = new_customer(api)["id"]
+    expires_at = iso_after(3.0)
+    pending = hold(api, customer_id, 12, release_at=iso_after(-1), expires_at=expires_at)
+    adjustment_id = wait_released(api, pending["id"])["adjustment_id"]
+    assert adjustment_of(api, adjustment_id)["expires_at"] == expires_at
+
+    def expired() -> Any:
+        found = [
+            item
+            for item in full_history(api, customer_id)
+            if item["type"] == "expiration"
+            and (item["metadata"] or {}).get("adjustment_id") == adjustment_id
+        ]
+        return found[0] if found else None
+
+    expiration = eventually(expired, WAIT_S, f"the expiration of {adjustment_id}")
+    assert expiration["delta"] == -12
+    assert balance_body(api, customer_id)["balance"] == 0
+    releases = whole_ledger(api, {"customer_id": customer_id, "type": "release"})
+    assert [item["id"] for item in releases] == [adjustment_id]
+    expirations = whole_ledger(api, {"customer_id": customer_id, "type": "expiration"})
+    assert [item["id"] for item in expirations] == [expiration["id"]]
