@@ -33,6 +33,7 @@ def test_canonical_is_sorted_compact_json(
             "metadata": metadata,
         }
     )
+    assert set(fields) == set(chain.HASHED_FIELDS)
     expected = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     assert chain.canonical(fields) == expected.encode()
     previous = "ab" * 32

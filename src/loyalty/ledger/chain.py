@@ -38,17 +38,16 @@ HASHED_FIELDS = (
 
 
 def canonical(fields: Mapping[str, Any]) -> bytes:
-    """The canonical encoding of an adjustment's API fields (HASHED_FIELDS, all present):
-    byte for byte `json.dumps(fields, sort_keys=True, separators=(",", ":"),
-    ensure_ascii=False).encode()`, written by msgspec, which is several times faster."""
-    return _sorted_json({name: fields[name] for name in HASHED_FIELDS})
+    """The canonical encoding of an adjustment's API fields (exactly HASHED_FIELDS, as
+    api_fields makes them): byte for byte `json.dumps(fields, sort_keys=True,
+    separators=(",", ":"), ensure_ascii=False).encode()`, written by msgspec, which is
+    several times faster."""
+    return _sorted_json(fields)
 
 
 def link(previous_hash: str | None, fields: Mapping[str, Any]) -> str:
     """The hash of an adjustment whose customer's previous adjustment has `previous_hash`."""
-    digest = hashlib.sha256((previous_hash or GENESIS).encode())
-    digest.update(canonical(fields))
-    return digest.hexdigest()
+    return hashlib.sha256((previous_hash or GENESIS).encode() + _sorted_json(fields)).hexdigest()
 
 
 def api_fields(
