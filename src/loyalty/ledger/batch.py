@@ -334,11 +334,12 @@ class Batch:
         return self._record(account, entry)
 
     def _bulk(self, index: int, command: BulkCommand) -> Outcome | None:
-        saved_accounts = {
-            item.customer_id: self.accounts[item.customer_id].snapshot()
-            for item in command.items
-            if isinstance(item, AdjustBody) and item.customer_id in self.accounts
-        }
+        saved_accounts = {}
+        if command.atomic:  # what to restore should an item fail
+            for item in command.items:
+                customer_id = getattr(item, "customer_id", None)
+                if customer_id in self.accounts and customer_id not in saved_accounts:
+                    saved_accounts[customer_id] = self.accounts[customer_id].snapshot()
         saved_rows = len(self.rows)
         results: list[AdjustmentRow | LoyaltyError] = []
         for item in command.items:
