@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import asyncpg
 import httpx
@@ -89,14 +90,29 @@ def databases(
     factory.drop_all()
 
 
-@pytest.fixture(scope="session")
-def backend(
-    databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Backend]:
-    """A server (one worker) on a fresh database of each kind, shared by the session's tests."""
-    workdir = tmp_path_factory.mktemp("server")
-    with Backend.start(databases.kind, databases.new_url(), workdir) as backend:
-        yield backend
+def backend_fixture(
+    name: str, doc: str, scope: Literal["session", "module"] = "module", **env: str
+) -> Any:
+    """A fixture `name` of `scope`: a `loyalty serve` (one worker, `env` added to its
+    environment) on a fresh database of each kind, and the admin's token; `doc` says what
+    it is for."""
+
+    def fixture(
+        databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[Backend]:
+        workdir = tmp_path_factory.mktemp(name)
+        with Backend.start(databases.kind, databases.new_url(), workdir, **env) as backend:
+            yield backend
+
+    fixture.__doc__ = doc
+    return pytest.fixture(scope=scope, name=name)(fixture)
+
+
+backend = backend_fixture(
+    "backend",
+    "A server (one worker) on a fresh database of each kind, shared by the session's tests.",
+    scope="session",
+)
 
 
 CLUSTER_WORKERS = 2

@@ -35,6 +35,27 @@ JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 LOYALTY = [sys.executable, "-m", "loyalty"]
 STARTUP_TIMEOUT_S = 60.0
 ADJUST_PATH = "/admin/loyalty/points/adjust"
+# The API's timestamps (UTC, to the millisecond) and ids.
+TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+ADJ_ID = re.compile(r"^adj_[0-9A-HJKMNP-TV-Z]{26}$")
+USER_ID = re.compile(r"^user_[0-9A-HJKMNP-TV-Z]{26}$")
+# Paging parameters that a paged list refuses with 400: limit outside 1..100, offset below 0,
+# and numbers that are not integers.
+BAD_PAGING = [
+    {"limit": "0"},
+    {"limit": "101"},
+    {"limit": "-1"},
+    {"limit": "abc"},
+    {"limit": "1.5"},
+    {"offset": "-1"},
+    {"offset": "abc"},
+    {"offset": "1.5"},
+]
+
+
+def paging_id(params: Mapping[str, str]) -> str:
+    """A test id for paging parameters: their query string."""
+    return "&".join(f"{k}={v}" for k, v in params.items())
 
 
 def free_port() -> int:
@@ -70,6 +91,26 @@ def run_cli(
     )
 
 
+def user_create(
+    database_url: str,
+    email: str,
+    password: str | None = ADMIN_PASSWORD,
+    *,
+    scopes: Sequence[str] = (),
+    first_name: str | None = None,
+    last_name: str | None = None,
+    stdin: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """`loyalty user create --email EMAIL --password PASSWORD` (`--password-stdin` when
+    `password` is None), then a `--scope` for each of `scopes`, then the names given."""
+    args = ["--email", email]
+    args += ["--password-stdin"] if password is None else ["--password", password]
+    args += [arg for scope in scopes for arg in ("--scope", scope)]
+    args += ["--first-name", first_name] if first_name is not None else []
+    args += ["--last-name", last_name] if last_name is not None else []
+    return run_cli(database_url, "user", "create", *args, stdin=stdin)
+
+
 def assert_verify(database_url: str) -> None:
     """`loyalty verify` finds every ledger invariant holding."""
     result = run_cli(database_url, "verify")
@@ -93,33 +134,6 @@ class Server:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    @classmethod
-    @contextmanager
-    def start(
-        cls,
-        database_url: str,
-        workdir: Path,
-        workers: int = 1,
-        port: int | None = None,
-        *,
-        separate_stdout: bool = False,
-        without_env: Sequence[str] = (),
-        **env: str,
-    ) -> Iterator[Server]:
-        server = cls.launch(
-            database_url,
-            workdir,
-            workers,
-            port,
-            separate_stdout=separate_stdout,
-            without_env=without_env,
-            **env,
-        )
-        try:
-            yield server
-        finally:
-            server.stop()
 
     @classmethod
     def launch(
@@ -154,6 +168,15 @@ class Server:
         server = cls(process, port, log_path, stdout_path)
         server.wait_ready()
         return server
+
+    # `with Server.start(...) as server:` stops the server (workers included) at the end.
+    start = launch
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -239,17 +262,7 @@ class Backend:
         """A new admin user holding exactly `scopes` (every scope if none): its email and a
         token."""
         email = f"user-{uuid.uuid4().hex[:10]}@example.com"
-        scope_args = [arg for scope in scopes for arg in ("--scope", scope)]
-        result = run_cli(
-            self.database_url,
-            "user",
-            "create",
-            "--email",
-            email,
-            "--password",
-            ADMIN_PASSWORD,
-            *scope_args,
-        )
+        result = user_create(self.database_url, email, scopes=scopes)
         assert result.returncode == 0, result.stderr
         return email, login(self.server, email, ADMIN_PASSWORD)
 
@@ -594,6 +607,106 @@ def sql(database_url: str, statement: str, *args: Any) -> list[tuple[Any, ...]]:
             await pg.close()
 
     return asyncio.run(run())
+
+
+@contextmanager
+def append_only_lifted(database_url: str) -> Iterator[None]:
+    """Lets UPDATE and DELETE reach loyalty_adjustments for the block, as someone with
+    direct access to the database could, and puts the append-only guard back after.
+
+    SQLite: the table's triggers are dropped and recreated from their own SQL. PostgreSQL:
+    the table's user triggers are disabled and enabled again."""
+    if database_url.startswith("sqlite:///"):
+        triggers = sql(
+            database_url,
+            "SELECT name, sql FROM sqlite_master"
+            " WHERE type = 'trigger' AND tbl_name = 'loyalty_adjustments'",
+        )
+        for name, _ in triggers:
+            sql(database_url, f'DROP TRIGGER "{name}"')
+        try:
+            yield
+        finally:
+            for _, text in triggers:
+                sql(database_url, text)
+        return
+    sql(database_url, "ALTER TABLE loyalty_adjustments DISABLE TRIGGER USER")
+    try:
+        yield
+    finally:
+        sql(database_url, "ALTER TABLE loyalty_adjustments ENABLE TRIGGER USER")
+
+
+def table_rows(
+    database_url: str, table: str, where: str = "", *args: Any, order: str = ""
+) -> list[dict[str, Any]]:
+    """Rows of a table straight from the database, each with every column by name;
+    `where` and `order` are SQL after WHERE and ORDER BY, `args` its `$n` parameters."""
+    if database_url.startswith("sqlite:///"):
+        found = sql(database_url, f"SELECT name FROM pragma_table_info('{table}') ORDER BY cid")
+    else:
+        found = sql(
+            database_url,
+            "SELECT column_name::text FROM information_schema.columns"
+            " WHERE table_name = $1 ORDER BY ordinal_position",
+            table,
+        )
+    names = [name for (name,) in found]
+    quoted = ", ".join(f'"{name}"' for name in names)
+    statement = f"SELECT {quoted} FROM {table}"
+    statement += f" WHERE {where}" if where else ""
+    statement += f" ORDER BY {order}" if order else ""
+    return [dict(zip(names, values, strict=True)) for values in sql(database_url, statement, *args)]
+
+
+@dataclass
+class VerifyReport:
+    """What `loyalty verify` printed: its exit code, its output, and each failed check's
+    line by the check's own words."""
+
+    returncode: int
+    output: str
+    failed: dict[str, str]
+
+    def failed_check(self, *words: str) -> str:
+        """The one failed check whose name holds every word (case-insensitive)."""
+        found = [name for name in self.failed if all(w.lower() in name.lower() for w in words)]
+        assert len(found) == 1, f"no single failed check names {words}:\n{self.output}"
+        return found[0]
+
+
+def verify_report(database_url: str) -> VerifyReport:
+    """Runs `loyalty verify` and reads its `FAIL  <check>: ...` lines."""
+    result = run_cli(database_url, "verify")
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output
+    failed: dict[str, str] = {}
+    for line in result.stdout.splitlines():
+        match = re.match(r"FAIL\s+(.+?):\s+(.*)$", line)
+        if match:
+            failed[match.group(1)] = match.group(2)
+    return VerifyReport(result.returncode, output, failed)
+
+
+def chained_hash(previous_hash: str, item: Mapping[str, Any]) -> str:
+    """An adjustment's hash recomputed from its API object (amounts as the JSON numbers the
+    API wrote, read with `decoded`) and its customer's previous hash, with the service's own
+    canonical encoding (SPEC section 6, invariant 8)."""
+    from loyalty.ledger import chain
+
+    fields = {name: item[name] for name in chain.HASHED_FIELDS}
+    for name in ("delta", "balance_after"):
+        fields[name] = str(item[name])
+    hashed: str = chain.link(previous_hash, fields)
+    return hashed
+
+
+def iso_in(seconds: float) -> str:
+    """The time `seconds` from now (negative: ago) in the API's format, to the millisecond."""
+    from datetime import UTC, datetime, timedelta
+
+    moment = datetime.now(UTC) + timedelta(seconds=seconds)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 @asynccontextmanager

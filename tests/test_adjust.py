@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import re
-
 import httpx
 import pytest
 
-from tests.support import Backend, adjust, adjust_raw, new_customer, sql
-
-ADJ_ID = re.compile(r"^adj_[0-9A-HJKMNP-TV-Z]{26}$")
-TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+from tests.support import ADJ_ID, TIMESTAMP, Backend, adjust, adjust_raw, new_customer, sql
 
 
 def balance_of(api: httpx.Client, customer_id: str) -> object:

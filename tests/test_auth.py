@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import re
 import sqlite3
 import time
 import uuid
@@ -26,6 +25,7 @@ from tests.support import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
     JWT_SECRET,
+    USER_ID,
     Backend,
     Server,
     adjust,
@@ -33,12 +33,12 @@ from tests.support import (
     new_customer,
     run_cli,
     sql,
+    user_create,
 )
 from tests.test_http_errors import watch_responses
 
 ALL_SCOPES = ("customers:read", "customers:write", "loyalty:read", "loyalty:write")
 REQUIRED = {"type": "unauthorized", "message": "Authentication required"}
-USER_ID = re.compile(r"^user_[0-9A-HJKMNP-TV-Z]{26}$")
 OTHER_SECRET = "another-secret-that-is-also-long-enough-for-hs256-9876543210"
 # Every customer this file makes has it in its email, and every list this file reads is
 # narrowed to it (`?q=`): the file sees only what it made, never what other files left in
@@ -143,9 +143,7 @@ def admin_id(backend: Backend) -> str:
 def deleted_user_token(backend: Backend) -> str:
     """A token that worked until its user was deleted with `loyalty user delete`."""
     email = f"deleted-{uuid.uuid4().hex[:10]}@example.com"
-    created = run_cli(
-        backend.database_url, "user", "create", "--email", email, "--password", ADMIN_PASSWORD
-    )
+    created = user_create(backend.database_url, email)
     assert created.returncode == 0, created.stderr
     token = login(backend.server, email, ADMIN_PASSWORD)
     with backend.client(token) as client:
@@ -518,22 +516,12 @@ def test_admin_token_returns_token_and_user(anon: httpx.Client) -> None:
 def test_admin_token_reports_the_users_names_and_scopes(backend: Backend) -> None:
     """The user object carries the names and exactly the scopes the user was created with."""
     email = f"named-{uuid.uuid4().hex[:10]}@example.com"
-    created = run_cli(
+    created = user_create(
         backend.database_url,
-        "user",
-        "create",
-        "--email",
         email,
-        "--password",
-        ADMIN_PASSWORD,
-        "--scope",
-        "loyalty:read",
-        "--scope",
-        "customers:read",
-        "--first-name",
-        "Ada",
-        "--last-name",
-        "Lovelace",
+        scopes=["loyalty:read", "customers:read"],
+        first_name="Ada",
+        last_name="Lovelace",
     )
     assert created.returncode == 0, created.stderr
     response = httpx.post(

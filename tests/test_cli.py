@@ -19,8 +19,9 @@ import httpx
 import pytest
 from ulid import ULID
 
-from tests.conftest import DatabaseFactory
+from tests.conftest import DatabaseFactory, backend_fixture
 from tests.support import (
+    USER_ID,
     Backend,
     Server,
     adjust,
@@ -29,9 +30,9 @@ from tests.support import (
     new_customer,
     run_cli,
     sql,
+    user_create,
 )
 
-USER_ID = re.compile(r"^user_[0-9A-HJKMNP-TV-Z]{26}$")
 ALL_SCOPES = {"loyalty:read", "loyalty:write", "customers:read", "customers:write"}
 PASSWORD = "a long enough password 123"
 
@@ -79,22 +80,15 @@ def test_db_migrate_twice_is_fine(databases: DatabaseFactory) -> None:
 # --- loyalty user create ------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def service(
-    databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Backend]:
-    """A fresh database of each kind with a running server, for this module's CLI tests."""
-    workdir = tmp_path_factory.mktemp("cli")
-    with Backend.start(databases.kind, databases.new_url(), workdir) as service:
-        yield service
+service = backend_fixture(
+    "service", "A fresh database of each kind with a running server, for this module's CLI tests."
+)
 
 
 def test_user_create_prints_the_id_and_gives_every_scope(service: Backend) -> None:
     """With no --scope, the new user's id is printed and the user logs in with all four scopes."""
     email = unique_email()
-    result = run_cli(
-        service.database_url, "user", "create", "--email", email, "--password", PASSWORD
-    )
+    result = user_create(service.database_url, email, PASSWORD)
     assert result.returncode == 0, result.stderr
     printed = result.stdout.strip()
     assert USER_ID.match(printed), result.stdout
@@ -110,18 +104,8 @@ def test_user_create_prints_the_id_and_gives_every_scope(service: Backend) -> No
 def test_user_create_with_names(service: Backend) -> None:
     """--first-name and --last-name are stored and returned at login."""
     email = unique_email()
-    result = run_cli(
-        service.database_url,
-        "user",
-        "create",
-        "--email",
-        email,
-        "--password",
-        PASSWORD,
-        "--first-name",
-        "Ada",
-        "--last-name",
-        "Lovelace",
+    result = user_create(
+        service.database_url, email, PASSWORD, first_name="Ada", last_name="Lovelace"
     )
     assert result.returncode == 0, result.stderr
     user = user_login(service.server.base_url, email, PASSWORD).json()["user"]
@@ -131,18 +115,8 @@ def test_user_create_with_names(service: Backend) -> None:
 def test_user_create_with_two_scopes_gets_exactly_those(service: Backend) -> None:
     """--scope given twice gives exactly those two scopes, and the others are refused (403)."""
     email = unique_email()
-    result = run_cli(
-        service.database_url,
-        "user",
-        "create",
-        "--email",
-        email,
-        "--password",
-        PASSWORD,
-        "--scope",
-        "loyalty:read",
-        "--scope",
-        "customers:write",
+    result = user_create(
+        service.database_url, email, PASSWORD, scopes=["loyalty:read", "customers:write"]
     )
     assert result.returncode == 0, result.stderr
     assert USER_ID.match(result.stdout.strip()), result.stdout
@@ -165,15 +139,7 @@ def test_user_create_reads_the_password_from_stdin(service: Backend) -> None:
     """--password-stdin takes the password from standard input; that password logs in."""
     email = unique_email()
     secret = f"stdin password {uuid.uuid4().hex}"
-    result = run_cli(
-        service.database_url,
-        "user",
-        "create",
-        "--email",
-        email,
-        "--password-stdin",
-        stdin=secret + "\n",
-    )
+    result = user_create(service.database_url, email, None, stdin=secret + "\n")
     assert result.returncode == 0, result.stderr
     assert USER_ID.match(result.stdout.strip()), result.stdout
     assert secret not in result.stdout + result.stderr
@@ -184,20 +150,10 @@ def test_user_create_reads_the_password_from_stdin(service: Backend) -> None:
 def test_user_create_with_a_duplicate_email_fails_cleanly(service: Backend) -> None:
     """A second user with the same email (in any case) exits non-zero with a clear message."""
     email = unique_email()
-    first = run_cli(
-        service.database_url, "user", "create", "--email", email, "--password", PASSWORD
-    )
+    first = user_create(service.database_url, email, PASSWORD)
     assert first.returncode == 0, first.stderr
     for again in (email, email.upper()):
-        result = run_cli(
-            service.database_url,
-            "user",
-            "create",
-            "--email",
-            again,
-            "--password",
-            "another password",
-        )
+        result = user_create(service.database_url, again, "another password")
         assert_clean_failure(result)
         assert "already exists" in result.stderr.lower() or "duplicate" in result.stderr.lower()
         assert not USER_ID.search(result.stdout)
@@ -209,19 +165,7 @@ def test_user_create_with_a_duplicate_email_fails_cleanly(service: Backend) -> N
 def test_user_create_with_an_invalid_scope_fails_cleanly(service: Backend, scope: str) -> None:
     """An unknown scope exits non-zero naming the problem, and creates no user."""
     email = unique_email()
-    result = run_cli(
-        service.database_url,
-        "user",
-        "create",
-        "--email",
-        email,
-        "--password",
-        PASSWORD,
-        "--scope",
-        "loyalty:read",
-        "--scope",
-        scope,
-    )
+    result = user_create(service.database_url, email, PASSWORD, scopes=["loyalty:read", scope])
     assert_clean_failure(result)
     assert "scope" in result.stderr.lower()
     assert user_login(service.server.base_url, email, PASSWORD).status_code == 401

@@ -124,6 +124,25 @@ def non_200_samples(
     return samples[:n]
 
 
+async def fire_expecting(
+    jobs: Sequence[tuple[httpx.AsyncClient, str, str]],
+    servers: Sequence[Server],
+    what: str,
+    expected: Counter[object],
+) -> list[httpx.Response | httpx.TransportError]:
+    """`fire(jobs)`, printing `what` was sent, how long it took and the statuses, which must
+    be `expected` (else the failure shows samples of the others and the servers' logs)."""
+    started = time.monotonic()
+    responses = await fire(jobs)
+    elapsed = time.monotonic() - started
+    print(
+        f"\n{what}: {elapsed:.2f}s ({len(jobs) / elapsed:.0f}/s),"
+        f" statuses {dict(statuses(responses))}"
+    )
+    assert statuses(responses) == expected, (non_200_samples(responses), log_tail(*servers))
+    return responses
+
+
 async def one_customer_load(
     clients: Sequence[httpx.AsyncClient], servers: Sequence[Server], total: int, seed: int
 ) -> None:
@@ -133,17 +152,8 @@ async def one_customer_load(
     (customer_id,) = await create_customers(clients[0], 1)
     deltas = [rng.choice(DELTAS) for _ in range(total)]
     jobs = [(clients[i % len(clients)], customer_id, d) for i, d in enumerate(deltas)]
-    started = time.monotonic()
-    responses = await fire(jobs)
-    elapsed = time.monotonic() - started
-    print(
-        f"\n{total} adjustments on one customer over {len(servers)} server(s):"
-        f" {elapsed:.2f}s ({total / elapsed:.0f}/s), statuses {dict(statuses(responses))}"
-    )
-    assert statuses(responses) == Counter({200: total}), (
-        non_200_samples(responses),
-        log_tail(*servers),
-    )
+    what = f"{total} adjustments on one customer over {len(servers)} server(s)"
+    responses = await fire_expecting(jobs, servers, what, Counter({200: total}))
 
     bodies = [decoded(r) for r in responses]
     expected = sum((Decimal(d) for d in deltas), Decimal(0))
@@ -191,14 +201,11 @@ def test_concurrent_redemptions_never_overdraw(cluster: Backend) -> None:
             credit = await post_adjust(client, gate, customer_id, "100")
             assert credit.status_code == 200, credit.text
 
-            started = time.monotonic()
-            responses = await fire([(client, customer_id, "-1")] * 300)
-            elapsed = time.monotonic() - started
-            counts = statuses(responses)
-            print(f"\n300 redemptions of -1 on 100 points: {elapsed:.2f}s, statuses {dict(counts)}")
-            assert counts == Counter({200: 100, 400: 200}), (
-                non_200_samples(responses),
-                log_tail(cluster.server),
+            responses = await fire_expecting(
+                [(client, customer_id, "-1")] * 300,
+                [cluster.server],
+                "300 redemptions of -1 on 100 points",
+                Counter({200: 100, 400: 200}),
             )
             refusals = [decoded(r) for r in responses if r.status_code == 400]
             assert {body["type"] for body in refusals} == {"not_allowed"}
@@ -227,16 +234,8 @@ def test_many_customers_interleaved(cluster: Backend) -> None:
             customers = await create_customers(client, 20)
             jobs = [(client, cid, rng.choice(DELTAS)) for cid in customers for _ in range(20)]
             rng.shuffle(jobs)
-            started = time.monotonic()
-            responses = await fire(jobs)
-            elapsed = time.monotonic() - started
-            print(
-                f"\n20 customers x 20 adjustments: {elapsed:.2f}s,"
-                f" statuses {dict(statuses(responses))}"
-            )
-            assert statuses(responses) == Counter({200: len(jobs)}), (
-                non_200_samples(responses),
-                log_tail(cluster.server),
+            responses = await fire_expecting(
+                jobs, [cluster.server], "20 customers x 20 adjustments", Counter({200: len(jobs)})
             )
             expected: dict[str, Decimal] = dict.fromkeys(customers, Decimal(0))
             for _client, cid, delta in jobs:

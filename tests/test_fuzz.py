@@ -26,7 +26,7 @@ import os
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import pytest
@@ -46,19 +46,15 @@ from schemathesis.specs.openapi.checks import (
 )
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
+from tests.conftest import backend_fixture
 from tests.support import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
     Backend,
-    Server,
     adjust,
-    login,
     new_customer,
     routed_operations,
 )
-
-if TYPE_CHECKING:
-    from tests.conftest import DatabaseFactory
 
 EXAMPLES = int(os.environ.get("LOYALTY_FUZZ_EXAMPLES", "25"))
 CHECKS = [
@@ -72,15 +68,11 @@ CHECKS = [
 OPERATIONS = sorted(routed_operations())
 
 
-@pytest.fixture(scope="module")
-def fuzz_backend(
-    databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Backend]:
-    """A server of this module's own on a fresh database of each kind."""
-    url = databases.new_url()
-    workdir = tmp_path_factory.mktemp("fuzz-server")
-    with Server.start(url, workdir, LOYALTY_LOGIN_MAX_FAILURES_PER_ADDRESS="1000000") as server:
-        yield Backend(databases.kind, url, server, login(server, ADMIN_EMAIL, ADMIN_PASSWORD))
+fuzz_backend = backend_fixture(
+    "fuzz_backend",
+    "A server of this module's own on a fresh database of each kind.",
+    LOYALTY_LOGIN_MAX_FAILURES_PER_ADDRESS="1000000",
+)
 
 
 @pytest.fixture(scope="module")
@@ -164,19 +156,16 @@ def test_every_outcome_matches_the_document(
         case("POST /admin/customers", 409, body={"email": email.upper()}),
         case("GET /admin/loyalty/points/{customer_id}", 200, path_parameters=path),
         case("GET /admin/loyalty/points/{customer_id}/history", 200, path_parameters=path),
-        case(
-            "POST /admin/loyalty/points/adjust",
-            200,
-            headers=keyed,
-            query={"include_history": "true"},
-            body=earn,
-        ),
-        case(
-            "POST /admin/loyalty/points/adjust",
-            200,
-            headers=keyed,
-            query={"include_history": "true"},
-            body=earn,
+        # The same keyed request twice: the second is the replay checked below.
+        *(
+            case(
+                "POST /admin/loyalty/points/adjust",
+                200,
+                headers=keyed,
+                query={"include_history": "true"},
+                body=earn,
+            )
+            for _ in range(2)
         ),
         case("POST /admin/loyalty/points/adjust", 422, headers=keyed, body=earn),
         case(

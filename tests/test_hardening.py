@@ -13,14 +13,13 @@ import socket
 import stat
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import DatabaseFactory
+from tests.conftest import DatabaseFactory, backend_fixture
 from tests.support import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
@@ -28,7 +27,7 @@ from tests.support import (
     Server,
     login,
     new_customer,
-    run_cli,
+    user_create,
 )
 
 READ_TIMEOUT_S = 2
@@ -44,17 +43,11 @@ BODY_ROUTES = {
 NOT_UTF8 = [b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80", b"\x80"]
 
 
-@pytest.fixture(scope="module")
-def bounded(
-    databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Backend]:
-    """A server of this module's own with a short read deadline, on each database."""
-    url = databases.new_url()
-    workdir = tmp_path_factory.mktemp("bounded")
-    with Server.start(
-        url, workdir, LOYALTY_HTTP_READ_TIMEOUT_SECONDS=str(READ_TIMEOUT_S)
-    ) as server:
-        yield Backend(databases.kind, url, server, login(server, ADMIN_EMAIL, ADMIN_PASSWORD))
+bounded = backend_fixture(
+    "bounded",
+    "A server of this module's own with a short read deadline, on each database.",
+    LOYALTY_HTTP_READ_TIMEOUT_SECONDS=str(READ_TIMEOUT_S),
+)
 
 
 class LogWatch:
@@ -333,15 +326,7 @@ def test_ordinary_emails_are_accepted(bounded: Backend) -> None:
 
 def test_a_user_with_a_markup_email_is_refused(bounded: Backend) -> None:
     """`loyalty user create` refuses such an email too, with a clear message."""
-    result = run_cli(
-        bounded.database_url,
-        "user",
-        "create",
-        "--email",
-        "<b>x</b>@example.com",
-        "--password",
-        ADMIN_PASSWORD,
-    )
+    result = user_create(bounded.database_url, "<b>x</b>@example.com")
     assert result.returncode != 0
     assert "email" in result.stderr
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import re
 import time
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
@@ -12,10 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import Backend, adjust, new_customer
+from tests.support import ADJ_ID, BAD_PAGING, TIMESTAMP, Backend, adjust, new_customer, paging_id
 
-ADJ_ID = re.compile(r"^adj_[0-9A-HJKMNP-TV-Z]{26}$")
-TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 # The history route adds the acting user to the seed's item shape.
 ITEM_KEYS = {
     "id",
@@ -225,20 +222,7 @@ def test_paging_walks_the_history(api: httpx.Client) -> None:
     assert beyond["count"] == 23
 
 
-@pytest.mark.parametrize(
-    "params",
-    [
-        {"limit": "0"},
-        {"limit": "101"},
-        {"limit": "-1"},
-        {"limit": "abc"},
-        {"limit": "1.5"},
-        {"offset": "-1"},
-        {"offset": "abc"},
-        {"offset": "1.5"},
-    ],
-    ids=lambda params: "&".join(f"{k}={v}" for k, v in params.items()),
-)
+@pytest.mark.parametrize("params", BAD_PAGING, ids=paging_id)
 def test_bad_paging_is_400(api: httpx.Client, params: dict[str, str]) -> None:
     """limit outside 1..100, offset below 0 or non-integers are 400 invalid_data."""
     customer_id = customer_with(api, 1)

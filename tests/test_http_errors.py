@@ -11,21 +11,12 @@ from typing import Any
 import httpx
 import pytest
 
+from loyalty.http.schemas import ERROR_TYPES
 from tests.support import new_customer
 
 # Driver names, stack traces and file paths in any case; SQL keywords as the code writes them.
 LEAK_ANY_CASE = re.compile(r"traceback|sqlite|asyncpg|psycopg|/work/|\.py\b", re.IGNORECASE)
 LEAK_EXACT = re.compile(r"\bSELECT\b|\bINSERT INTO\b|\bUPDATE \w+ SET\b|File \"")
-ERROR_TYPES = {
-    "invalid_data",
-    "not_allowed",
-    "unauthorized",
-    "forbidden",
-    "not_found",
-    "conflict",
-    "idempotency_error",
-    "unexpected_state",
-}
 
 
 def assert_no_internals(response: httpx.Response) -> None:

@@ -26,10 +26,9 @@ from loyalty.http.access_log import RequestLog
 from loyalty.ledger.audit import log_adjustment
 from loyalty.logs import JsonFormatter, logging_config
 from tests.conftest import DatabaseFactory
-from tests.support import ADMIN_EMAIL, ADMIN_PASSWORD, JWT_SECRET, Server
+from tests.support import ADMIN_EMAIL, ADMIN_PASSWORD, JWT_SECRET, TIMESTAMP, Server
 
 GENERATED_ID = re.compile(r"^[0-9a-f]{32}$")
-TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 ACCESS_FIELDS = {
     "time",
     "level",

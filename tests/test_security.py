@@ -14,6 +14,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -24,7 +25,7 @@ import pytest
 from jwt.warnings import InsecureKeyLengthWarning
 
 from loyalty.config import ConfigError, Settings
-from tests.conftest import DatabaseFactory
+from tests.conftest import DatabaseFactory, backend_fixture
 from tests.support import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
@@ -34,6 +35,7 @@ from tests.support import (
     adjust,
     new_customer,
     run_cli,
+    user_create,
 )
 
 REQUIRED = {"type": "unauthorized", "message": "Authentication required"}
@@ -58,12 +60,21 @@ def post_login(base_url: str, email: str, password: str, **kwargs: Any) -> httpx
 def make_user(database_url: str, *scopes: str) -> str:
     """A new admin user (every scope unless some are given); returns its email."""
     email = f"sec-{uuid.uuid4().hex[:12]}@example.com"
-    scope_args = [arg for scope in scopes for arg in ("--scope", scope)]
-    result = run_cli(
-        database_url, "user", "create", "--email", email, "--password", ADMIN_PASSWORD, *scope_args
-    )
+    result = user_create(database_url, email, scopes=scopes)
     assert result.returncode == 0, result.stderr
     return email
+
+
+@contextmanager
+def server_with_user(
+    databases: DatabaseFactory, tmp_path: Path, **env: str
+) -> Iterator[tuple[Server, str]]:
+    """A server of the test's own on a fresh database, started with `env`, and the email of
+    a user made there before it started."""
+    url = databases.new_url()
+    email = make_user(url)
+    with Server.start(url, tmp_path, **env) as server:
+        yield server, email
 
 
 def unknown_email() -> str:
@@ -83,20 +94,15 @@ def assert_throttled(response: httpx.Response) -> None:
     assert 1 <= int(retry_after) <= WINDOW_S
 
 
-@pytest.fixture(scope="module")
-def own(databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+own = backend_fixture(
+    "own",
     """A server of this file's own, on a fresh database: 3 failed logins allowed per email
     (and many per address) for the throttling tests; and the SQL-like names and reasons of
     the injection tests stay here, out of the session's shared server, where other files
-    list customers and check responses for leaked SQL."""
-    with Backend.start(
-        databases.kind,
-        databases.new_url(),
-        tmp_path_factory.mktemp("security"),
-        LOYALTY_LOGIN_MAX_FAILURES_PER_EMAIL="3",
-        LOYALTY_LOGIN_MAX_FAILURES_PER_ADDRESS="1000",
-    ) as backend:
-        yield backend
+    list customers and check responses for leaked SQL.""",
+    LOYALTY_LOGIN_MAX_FAILURES_PER_EMAIL="3",
+    LOYALTY_LOGIN_MAX_FAILURES_PER_ADDRESS="1000",
+)
 
 
 @pytest.fixture
@@ -163,14 +169,12 @@ def test_failed_logins_per_address_are_limited(databases: DatabaseFactory, tmp_p
     """After 4 failures from one client address (each for another email, each claiming another
     X-Forwarded-For, which is ignored by default), every login from it is 429, even a right
     one, on both routes."""
-    url = databases.new_url()
-    email = make_user(url)
-    with Server.start(
-        url,
+    with server_with_user(
+        databases,
         tmp_path,
         LOYALTY_LOGIN_MAX_FAILURES_PER_EMAIL="1000",
         LOYALTY_LOGIN_MAX_FAILURES_PER_ADDRESS="4",
-    ) as server:
+    ) as (server, email):
         assert post_login(server.base_url, email, ADMIN_PASSWORD).status_code == 200
         for i in range(4):
             spoofed = {"X-Forwarded-For": f"198.51.100.{i + 1}"}
@@ -190,15 +194,13 @@ def test_a_trusted_proxy_forwards_the_client_address(
 ) -> None:
     """With LOYALTY_TRUST_PROXY naming the proxy's address, the client that X-Forwarded-For
     names is the one throttled, and another client behind the same proxy is not."""
-    url = databases.new_url()
-    email = make_user(url)
-    with Server.start(
-        url,
+    with server_with_user(
+        databases,
         tmp_path,
         LOYALTY_TRUST_PROXY="127.0.0.1",
         LOYALTY_LOGIN_MAX_FAILURES_PER_EMAIL="1000",
         LOYALTY_LOGIN_MAX_FAILURES_PER_ADDRESS="2",
-    ) as server:
+    ) as (server, email):
         attacker = {"X-Forwarded-For": "203.0.113.7"}
         for _ in range(2):
             response = post_login(server.base_url, unknown_email(), "guess", headers=attacker)
@@ -220,9 +222,10 @@ def test_unknown_email_costs_as_much_as_a_wrong_password(
     load spike hits both kinds alike, and each kind's fastest try is compared, since a busy
     machine only ever adds time (skipping the hash makes the unknown email's login about 5
     times cheaper: a ratio near 0.2)."""
-    url = databases.new_url()
-    email = make_user(url)
-    with Server.start(url, tmp_path, LOYALTY_LOGIN_MAX_FAILURES_PER_EMAIL="100") as server:
+    with server_with_user(databases, tmp_path, LOYALTY_LOGIN_MAX_FAILURES_PER_EMAIL="100") as (
+        server,
+        email,
+    ):
 
         def timed(login_email: str) -> float:
             started = time.perf_counter()
