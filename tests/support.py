@@ -431,10 +431,7 @@ PENDING_FIELDS = frozenset(
     }
 )
 HASH = re.compile(r"^[0-9a-f]{64}$")
-ULID_TAIL = r"[0-9A-HJKMNP-TV-Z]{26}"
-ADJ_ID = re.compile(rf"^adj_{ULID_TAIL}$")
-PND_ID = re.compile(rf"^pnd_{ULID_TAIL}$")
-TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+PND_ID = re.compile(r"^pnd_[0-9A-HJKMNP-TV-Z]{26}$")
 UNKNOWN_ADJUSTMENT = "adj_01ARZ3NDEKTSV4RRFFQ69G5FAV"
 UNKNOWN_PENDING = "pnd_01ARZ3NDEKTSV4RRFFQ69G5FAV"
 
@@ -443,11 +440,6 @@ def iso(moment: datetime) -> str:
     """A UTC time in the service's format (milliseconds, Z)."""
     utc = moment.astimezone(UTC)
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
-
-
-def iso_after(seconds: float) -> str:
-    """Now plus `seconds` (negative: in the past), in the service's format."""
-    return iso(datetime.now(UTC) + timedelta(seconds=seconds))
 
 
 def parse_time(text: str) -> datetime:
@@ -703,7 +695,7 @@ def chained_hash(previous_hash: str, item: Mapping[str, Any]) -> str:
 
 def iso_in(seconds: float) -> str:
     """The time `seconds` from now (negative: ago) in the API's format, to the millisecond."""
-    from datetime import UTC, datetime, timedelta
+    from datetime import UTC, datetime
 
     moment = datetime.now(UTC) + timedelta(seconds=seconds)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"

@@ -33,7 +33,7 @@ from tests.support import (
     eventually,
     full_history,
     iso,
-    iso_after,
+    iso_in,
     new_customer,
     ok,
     parse_time,
@@ -99,8 +99,8 @@ def test_a_credit_expires_and_next_expiration_moves_on(api: httpx.Client) -> Non
     expiry; after it passes, an `expiration` adjustment of -100 names the credit in its
     metadata, is made by nobody, and the next expiration is the day-ahead credit's."""
     customer_id = new_customer(api)["id"]
-    soon = adjust_with(api, customer_id, 100, expires_at=iso_after(SOON_S))
-    later_at = iso_after(86400)
+    soon = adjust_with(api, customer_id, 100, expires_at=iso_in(SOON_S))
+    later_at = iso_in(86400)
     later = adjust_with(api, customer_id, 40, expires_at=later_at)
     adjust_with(api, customer_id, 50)
     soon_at = ok(api.get(f"/admin/loyalty/adjustments/{soon['id']}"))["adjustment"]["expires_at"]
@@ -152,8 +152,8 @@ def test_debits_use_the_soonest_expiring_points_first(api: httpx.Client) -> None
     """Credits expiring soon (+100) and in a day (+100), then -30: the debit comes out of
     the soonest, so only 70 expire, and the day-ahead credit is whole."""
     customer_id = new_customer(api)["id"]
-    later = adjust_with(api, customer_id, 100, expires_at=iso_after(86400))
-    soon = adjust_with(api, customer_id, 100, expires_at=iso_after(SOON_S + 0.5))
+    later = adjust_with(api, customer_id, 100, expires_at=iso_in(86400))
+    soon = adjust_with(api, customer_id, 100, expires_at=iso_in(SOON_S + 0.5))
     adjust_with(api, customer_id, -30)
     listed = expirations_list(api, customer_id)["expirations"]
     if len(listed) == 2:  # not yet expired
@@ -173,7 +173,7 @@ def test_debits_use_expiring_points_before_points_that_never_expire(api: httpx.C
     (nothing left to expire), and 30 never-expiring points remain."""
     customer_id = new_customer(api)["id"]
     adjust_with(api, customer_id, 50)
-    adjust_with(api, customer_id, 100, expires_at=iso_after(86400))
+    adjust_with(api, customer_id, 100, expires_at=iso_in(86400))
     adjust_with(api, customer_id, -120)
     body = balance_body(api, customer_id)
     assert body["balance"] == 30
@@ -185,7 +185,7 @@ def test_a_spent_credit_expires_nothing(api: httpx.Client) -> None:
     """A credit spent in full before its expiry leaves nothing to expire: no expiration is
     recorded, and the balance stays 0 (never below)."""
     customer_id = new_customer(api)["id"]
-    credit = adjust_with(api, customer_id, 100, expires_at=iso_after(SOON_S))
+    credit = adjust_with(api, customer_id, 100, expires_at=iso_in(SOON_S))
     adjust_with(api, customer_id, -100)
     sleep_until(credit_expires_at(api, credit["id"]), margin_s=1.0)
     adjust_with(api, customer_id, 1)  # records any due expiration first
@@ -197,7 +197,7 @@ def test_a_spent_credit_expires_nothing(api: httpx.Client) -> None:
 
 def test_a_partly_spent_credit_expires_what_is_left(api: httpx.Client) -> None:
     customer_id = new_customer(api)["id"]
-    credit = adjust_with(api, customer_id, 100, expires_at=iso_after(SOON_S))
+    credit = adjust_with(api, customer_id, 100, expires_at=iso_in(SOON_S))
     adjust_with(api, customer_id, -60)
     expiration = wait_for_expiration(api, customer_id, credit["id"])
     assert expiration["delta"] == -40
@@ -218,7 +218,7 @@ def test_the_expirations_list_is_soonest_first_and_paged(api: httpx.Client) -> N
     customer_id = new_customer(api)["id"]
     made = {}
     for hour in (3, 1, 2):
-        at = iso_after(hour * 3600)
+        at = iso_in(hour * 3600)
         made[hour] = (adjust_with(api, customer_id, hour * 10, expires_at=at)["id"], at)
     adjust_with(api, customer_id, 5)
     adjust_with(api, customer_id, -5)  # out of the 1-hour credit
@@ -243,7 +243,7 @@ def test_points_past_their_expiry_cannot_be_spent(ticking: list[Backend]) -> Non
     and what was not spent is what expired."""
     with ticking[1].client() as api:
         customer_id = new_customer(api)["id"]
-        credit = adjust_with(api, customer_id, CREDIT, expires_at=iso_after(SOON_S))
+        credit = adjust_with(api, customer_id, CREDIT, expires_at=iso_in(SOON_S))
         expires = parse_time(credit_expires_at(api, credit["id"]))
         spent = 0
         refused = None
@@ -268,7 +268,7 @@ def test_a_redemption_right_after_the_expiry_is_refused(backend: Backend) -> Non
     write shows the expiration in the history before it."""
     with backend.client() as api:
         customer_id = new_customer(api)["id"]
-        credit = adjust_with(api, customer_id, 100, expires_at=iso_after(SOON_S))
+        credit = adjust_with(api, customer_id, 100, expires_at=iso_in(SOON_S))
         sleep_until(credit_expires_at(api, credit["id"]), margin_s=0.05)
         body = {"customer_id": customer_id, "delta": -1}
         assert_error(post_json(api, ADJUST_PATH, body), 400, "not_allowed")
@@ -290,7 +290,7 @@ def test_two_servers_record_each_expiration_once(ticking: list[Backend]) -> None
     first, second = ticking
     with first.client() as api:
         customers = [new_customer(api)["id"] for _ in range(8)]
-        at = iso_after(SOON_S + 1.0)
+        at = iso_in(SOON_S + 1.0)
         credits = [adjust_with(api, c, 10, expires_at=at)["id"] for c in customers]
 
     async def writes() -> list[httpx.Response]:
@@ -359,7 +359,7 @@ def test_expire_after_days_gives_every_credit_an_expiry(lenient: Backend) -> Non
     has none."""
     with lenient.client() as api:
         customer_id = new_customer(api)["id"]
-        own_at = iso_after(86400)
+        own_at = iso_in(86400)
         own = adjust_with(api, customer_id, 7, expires_at=own_at)
         plain = adjust_with(api, customer_id, 10)
         created = parse_time(plain["updated_at"])
@@ -393,7 +393,7 @@ def test_an_expiration_never_takes_a_balance_below_zero(lenient: Backend) -> Non
     writes."""
     with lenient.client() as api:
         customer_id = new_customer(api)["id"]
-        credit = adjust_with(api, customer_id, 100, expires_at=iso_after(SOON_S))
+        credit = adjust_with(api, customer_id, 100, expires_at=iso_in(SOON_S))
         adjust_with(api, customer_id, -150)
         late = adjust_with(api, customer_id, 20)
         last = max(
@@ -412,7 +412,7 @@ def test_a_debit_spans_several_credits_soonest_first(api: httpx.Client) -> None:
     """Credits of 30 (expiring in 1 h), 50 (in 2 h) and 20 (never), then -40: the 1-hour
     credit is used up and 10 come out of the 2-hour one; the never-expiring points stay."""
     customer_id = new_customer(api)["id"]
-    first_at, second_at = iso_after(3600), iso_after(7200)
+    first_at, second_at = iso_in(3600), iso_in(7200)
     second = adjust_with(api, customer_id, 50, expires_at=second_at)
     adjust_with(api, customer_id, 30, expires_at=first_at)
     adjust_with(api, customer_id, 20)
@@ -430,7 +430,7 @@ def test_a_reversal_of_a_credit_spends_the_soonest_expiring_points(api: httpx.Cl
     """A reversal of a credit is a debit, and debits use the soonest-expiring points first:
     reversing the 2-hour credit of 50 takes 50 out of the 1-hour credit of 100."""
     customer_id = new_customer(api)["id"]
-    soon_at, later_at = iso_after(3600), iso_after(7200)
+    soon_at, later_at = iso_in(3600), iso_in(7200)
     soon = adjust_with(api, customer_id, 100, expires_at=soon_at)
     later = adjust_with(api, customer_id, 50, expires_at=later_at)
     ok(api.post(f"/admin/loyalty/adjustments/{later['id']}/reverse", json={}))

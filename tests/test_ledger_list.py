@@ -26,7 +26,7 @@ from tests.support import (
     assert_error,
     balance_body,
     iso,
-    iso_after,
+    iso_in,
     new_customer,
     ok,
     parse_time,
@@ -126,7 +126,7 @@ def test_filters_narrow_the_ledger(api: httpx.Client) -> None:
         if m["customer_id"] == one and low <= parse_time(m["updated_at"]) <= high
     ]
     assert sorted(i["id"] for i in window) == sorted(expected)
-    future = iso_after(3600)
+    future = iso_in(3600)
     assert whole_ledger(api, {"customer_id": one, "created_at[gte]": future}) == []
 
 
@@ -183,7 +183,7 @@ def test_balance_as_of_points_in_time(api: httpx.Client) -> None:
         assert as_of(step["updated_at"]) == (step["balance_after"], step["updated_at"])
         later = iso(parse_time(step["updated_at"]) + timedelta(milliseconds=5))
         assert as_of(later) == (step["balance_after"], step["updated_at"])
-    assert as_of(iso_after(86400)) == (Decimal("37.5"), steps[-1]["updated_at"])
+    assert as_of(iso_in(86400)) == (Decimal("37.5"), steps[-1]["updated_at"])
     plain = balance_body(api, customer_id)
     assert plain["balance"] == Decimal("37.5")
     assert "as_of" not in plain
@@ -204,7 +204,7 @@ def test_as_of_with_an_offset_is_the_same_instant(api: httpx.Client) -> None:
 
 def test_as_of_for_a_customer_without_adjustments(api: httpx.Client) -> None:
     customer_id = new_customer(api)["id"]
-    body = balance_body(api, customer_id, as_of=iso_after(0))
+    body = balance_body(api, customer_id, as_of=iso_in(0))
     assert (body["balance"], body["updated_at"]) == (0, None)
 
 
@@ -216,7 +216,7 @@ def test_a_bad_as_of_is_400(api: httpx.Client, value: str) -> None:
 
 
 def test_as_of_for_an_unknown_customer_is_404(api: httpx.Client) -> None:
-    response = api.get("/admin/loyalty/points/nobody-here", params={"as_of": iso_after(0)})
+    response = api.get("/admin/loyalty/points/nobody-here", params={"as_of": iso_in(0)})
     assert_error(response, 404, "not_found")
 
 

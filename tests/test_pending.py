@@ -37,7 +37,7 @@ from tests.support import (
     balance_body,
     eventually,
     full_history,
-    iso_after,
+    iso_in,
     new_customer,
     ok,
     post_json,
@@ -81,7 +81,7 @@ def ref(label: str = "order") -> str:
 
 def hold(api: httpx.Client, customer_id: str, points: Any, **fields: Any) -> Any:
     """New pending points that must be accepted: the pending object."""
-    body = {"customer_id": customer_id, "points": points, "release_at": iso_after(LATER)}
+    body = {"customer_id": customer_id, "points": points, "release_at": iso_in(LATER)}
     body.update(fields)
     response = ok(post_json(api, PENDING_PATH, body))
     assert set(response) == {"pending"}, response
@@ -125,8 +125,8 @@ def test_pending_points_are_held_outside_the_balance(api: httpx.Client) -> None:
     are in the balance's `pending`, not in `balance`, and nothing is in the history."""
     customer_id = new_customer(api)["id"]
     adjust_with(api, customer_id, 10)
-    release_at = iso_after(LATER)
-    expires_at = iso_after(2 * LATER)
+    release_at = iso_in(LATER)
+    expires_at = iso_in(2 * LATER)
     reference = ref()
     pending = hold(
         api,
@@ -165,7 +165,7 @@ def test_release_records_one_release_adjustment(api: httpx.Client, ticking: list
     reference, metadata and expiry, made by the caller; the pending becomes released with
     that adjustment's id; the balance gains the points and `pending` loses them."""
     customer_id = new_customer(api)["id"]
-    expires_at = iso_after(2 * LATER)
+    expires_at = iso_in(2 * LATER)
     reference = ref()
     pending = hold(
         api,
@@ -255,8 +255,8 @@ def test_the_scheduler_releases_at_release_at(api: httpx.Client) -> None:
     """A pending due in a second, and one whose release_at is already past, are released by
     the service itself: a release adjustment made by nobody."""
     customer_id = new_customer(api)["id"]
-    soon = hold(api, customer_id, 11, release_at=iso_after(1.0))
-    past = hold(api, customer_id, 4, release_at=iso_after(-60))
+    soon = hold(api, customer_id, 11, release_at=iso_in(1.0))
+    past = hold(api, customer_id, 4, release_at=iso_in(-60))
     later = hold(api, customer_id, 100)
     for pending in (soon, past):
         done = wait_released(api, pending["id"])
@@ -279,8 +279,8 @@ INVALID: list[tuple[str, str, dict[str, Any]]] = [
     ("release_at unparseable", "release_at", {"release_at": "when the window closes"}),
     ("release_at missing", "release_at", {"release_at": None}),
     ("release_at a number", "release_at", {"release_at": 1893456000}),
-    ("expires_at before release_at", "expires_at", {"expires_at": iso_after(LATER / 2)}),
-    ("expires_at in the past", "expires_at", {"expires_at": iso_after(-60)}),
+    ("expires_at before release_at", "expires_at", {"expires_at": iso_in(LATER / 2)}),
+    ("expires_at in the past", "expires_at", {"expires_at": iso_in(-60)}),
     ("reference with a space", "reference", {"reference": "order 1"}),
     ("reference 129 characters", "reference", {"reference": "r" * 129}),
     ("metadata 17 keys", "metadata", {"metadata": {f"k{i}": "v" for i in range(17)}}),
@@ -294,7 +294,7 @@ def test_invalid_pending_is_400_naming_the_field(
     api: httpx.Client, field: str, change: dict[str, Any]
 ) -> None:
     customer_id = new_customer(api)["id"]
-    body: dict[str, Any] = {"customer_id": customer_id, "points": 5, "release_at": iso_after(LATER)}
+    body: dict[str, Any] = {"customer_id": customer_id, "points": 5, "release_at": iso_in(LATER)}
     for name, value in change.items():
         if value is None:
             body.pop(name)
@@ -306,7 +306,7 @@ def test_invalid_pending_is_400_naming_the_field(
 
 
 def test_pending_for_an_unknown_customer_is_404(api: httpx.Client) -> None:
-    body = {"customer_id": "nobody-here", "points": 5, "release_at": iso_after(LATER)}
+    body = {"customer_id": "nobody-here", "points": 5, "release_at": iso_in(LATER)}
     assert_error(post_json(api, PENDING_PATH, body), 404, "not_found")
     assert_error(api.get("/admin/loyalty/points/nobody-here/pending"), 404, "not_found")
 
@@ -323,7 +323,7 @@ def test_a_pending_reference_is_unique_among_adjustments_and_pending(api: httpx.
             "customer_id": customer_id,
             "points": 5,
             "reference": reference,
-            "release_at": iso_after(LATER),
+            "release_at": iso_in(LATER),
         }
         error = assert_error(post_json(api, PENDING_PATH, body), 409, "conflict")
         assert owner in error["message"], error
@@ -382,7 +382,7 @@ def test_two_schedulers_and_a_manual_release_release_once(ticking: list[Backend]
     first, second = ticking
     with first.client() as api:
         customer_id = new_customer(api)["id"]
-        at = iso_after(2.0)
+        at = iso_in(2.0)
         made = [hold(api, customer_id, n, release_at=at) for n in range(1, 7)]
 
     async def race() -> list[httpx.Response]:
@@ -433,7 +433,7 @@ def test_two_schedulers_and_a_manual_release_release_once(ticking: list[Backend]
 def test_creating_pending_points_replays_with_an_idempotency_key(api: httpx.Client) -> None:
     customer_id = new_customer(api)["id"]
     key = f"pnd-{uuid.uuid4().hex}"
-    body = {"customer_id": customer_id, "points": 6, "release_at": iso_after(LATER)}
+    body = {"customer_id": customer_id, "points": 6, "release_at": iso_in(LATER)}
     first = post_json(api, PENDING_PATH, body, key)
     assert first.status_code == 200, first.text
     again = post_json(api, PENDING_PATH, body, key)
@@ -524,8 +524,8 @@ def test_released_points_expire_at_the_pendings_expires_at(api: httpx.Client) ->
     """A pending already due, with expires_at a few seconds ahead: the scheduler releases
     it, then expires the release's points, and the whole ledger lists each by its type."""
     customer_id = new_customer(api)["id"]
-    expires_at = iso_after(3.0)
-    pending = hold(api, customer_id, 12, release_at=iso_after(-1), expires_at=expires_at)
+    expires_at = iso_in(3.0)
+    pending = hold(api, customer_id, 12, release_at=iso_in(-1), expires_at=expires_at)
     adjustment_id = wait_released(api, pending["id"])["adjustment_id"]
     assert adjustment_of(api, adjustment_id)["expires_at"] == expires_at
 

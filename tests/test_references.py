@@ -24,7 +24,7 @@ from tests.support import (
     adjustment_of,
     assert_error,
     full_history,
-    iso_after,
+    iso_in,
     new_customer,
     ok,
     post_json,
@@ -69,12 +69,12 @@ INVALID: list[tuple[str, str, dict[str, Any]]] = [
     ("metadata value an object", "metadata", {"metadata": {"note": {"a": "b"}}}),
     ("metadata a list", "metadata", {"metadata": ["a", "b"]}),
     ("metadata a string", "metadata", {"metadata": "note"}),
-    ("expires_at in the past", "expires_at", {"expires_at": iso_after(-3600)}),
+    ("expires_at in the past", "expires_at", {"expires_at": iso_in(-3600)}),
     ("expires_at unparseable", "expires_at", {"expires_at": "next tuesday"}),
     ("expires_at month 13", "expires_at", {"expires_at": "2031-13-01T00:00:00.000Z"}),
     ("expires_at year 10000", "expires_at", {"expires_at": "10000-01-01T00:00:00.000Z"}),
     ("expires_at a number", "expires_at", {"expires_at": 1893456000}),
-    ("expires_at with a debit", "expires_at", {"delta": -5, "expires_at": iso_after(86400)}),
+    ("expires_at with a debit", "expires_at", {"delta": -5, "expires_at": iso_in(86400)}),
 ]
 
 
@@ -161,7 +161,7 @@ def test_a_reference_held_by_a_pending_is_409_naming_it(api: httpx.Client, funde
         "customer_id": funded,
         "points": 10,
         "reference": reference,
-        "release_at": iso_after(86400),
+        "release_at": iso_in(86400),
     }
     pending = ok(post_json(api, PENDING_PATH, body))["pending"]
     assert PND_ID.match(pending["id"])
@@ -178,7 +178,7 @@ def test_history_items_carry_the_full_adjustment(
     """The history route's items are the whole adjustment object: the seed's fields plus
     customer_id, type, reference, metadata, expires_at, reverses, pending_id, created_by (the
     caller) and a hash; GET /admin/loyalty/adjustments/{id} is the same plus reversed_points."""
-    expires_at = iso_after(30 * 86400)
+    expires_at = iso_in(30 * 86400)
     made = adjust_with(
         api,
         funded,
@@ -231,7 +231,7 @@ def test_the_adjust_response_keeps_the_seed_shape(api: httpx.Client, funded: str
         "delta": 1,
         "reference": ref(),
         "metadata": {"a": "b"},
-        "expires_at": iso_after(86400),
+        "expires_at": iso_in(86400),
     }
     plain = ok(post_json(api, ADJUST_PATH, body))
     assert set(plain) == {"id", "customer_id", "balance_after", "updated_at"}

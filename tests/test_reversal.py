@@ -32,7 +32,7 @@ from tests.support import (
     balance_body,
     decoded,
     full_history,
-    iso_after,
+    iso_in,
     log_tail,
     new_customer,
     ok,
@@ -165,7 +165,7 @@ def test_an_expiration_cannot_be_reversed(api: httpx.Client) -> None:
     """Once a credit has expired (recorded by the next write on the customer at the latest),
     its expiration adjustment cannot be reversed."""
     customer_id: str = new_customer(api)["id"]
-    credit = adjust_with(api, customer_id, 10, expires_at=iso_after(1.0))
+    credit = adjust_with(api, customer_id, 10, expires_at=iso_in(1.0))
     sleep_until(credit_expiry(api, credit["id"]), margin_s=0.2)
     adjust_with(api, customer_id, 1)
     expirations = [i for i in full_history(api, customer_id) if i["type"] == "expiration"]
