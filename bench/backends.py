@@ -3,9 +3,9 @@
 A backend makes and drops scratch databases (SQLite files under the run's work directory,
 PostgreSQL databases named `loyalty_bench_<stamp>_<label>`), seeds the raw limit's
 customers, measures a raw limit (sqlite_loop.py, or pgbench with the scripts in pgbench/),
-counts the ledger's rows, and bulk-loads S5's database with bulk_load.py. What both do the
-same way (running the measuring tool, building its result, reporting the bulk load's
-progress) lives in the base class.
+counts the ledger's rows, finds S7's point in time, and bulk-loads S5's and S7's databases
+with bulk_load.py. What both do the same way (running the measuring tool, building its
+result, reporting the bulk load's progress, S7's point in time) lives in the base class.
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ import sys
 import time
 from abc import ABC, abstractmethod
 from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 import bulk_load
-from common import CUSTOMER_COUNT, customer_id, percentile, psql, sqlite_connect
+from common import CUSTOMER_COUNT, LoadPlan, customer_id, percentile, psql, sqlite_connect
 from records import RawResult
 from scenarios import RawSpec
 from tools import BENCH_DIR, first_line, run_measuring_tool, say
@@ -34,6 +35,18 @@ DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 PGBENCH_JOBS = 1
 PG_START_WAIT_S = 30
+
+
+@dataclass(frozen=True)
+class AsOfPoint:
+    """S7's point in time: the created_at of the adjustment in the middle of a customer's
+    history, and what its balance was then (after the last adjustment at or before it)."""
+
+    as_of_ms: int
+    balance_hundredths: int  # the balance at as_of_ms
+    seq: int  # of the last adjustment at or before as_of_ms
+    last_seq: int  # the customer's whole history
+    tip_hundredths: int  # the balance now
 
 
 class Backend(ABC):
@@ -70,12 +83,37 @@ class Backend(ABC):
     def count_adjustments(self, url: str) -> int: ...
 
     @abstractmethod
+    def query_ints(self, url: str, sql: str) -> tuple[int, ...]:
+        """The first row of `sql`'s answer, every column an integer (empty: no row)."""
+
+    def as_of_point(self, url: str, customer: str) -> AsOfPoint:
+        """The created_at of `customer`'s adjustment number last_seq / 2, and the balance
+        after the last adjustment at or before it (ties within a millisecond: the last)."""
+        row = self.query_ints(
+            url,
+            "SELECT b.last_seq, b.balance_hundredths, a.created_at_ms"
+            " FROM loyalty_balances b JOIN loyalty_adjustments a"
+            " ON a.customer_id = b.customer_id AND a.seq = b.last_seq / 2"
+            f" WHERE b.customer_id = '{customer}'",
+        )
+        if not row:
+            raise RuntimeError(f"{customer} has fewer than 2 adjustments: no middle to ask for")
+        last_seq, tip, as_of_ms = row
+        balance, seq = self.query_ints(
+            url,
+            "SELECT balance_after_hundredths, seq FROM loyalty_adjustments"
+            f" WHERE customer_id = '{customer}' AND created_at_ms <= {as_of_ms}"
+            " ORDER BY created_at_ms DESC, seq DESC LIMIT 1",
+        )
+        return AsOfPoint(as_of_ms, balance, seq, last_seq, tip)
+
+    @abstractmethod
     def raw(self, url: str, spec: RawSpec, duration_s: int, workdir: Path) -> RawResult:
         """The raw limit of `spec`'s work, measured for `duration_s` on a seeded database."""
 
     @abstractmethod
-    def bulk_load(self, url: str) -> None:
-        """S5's 5,000,000 adjustments (bulk_load.py) into a database with its customers."""
+    def bulk_load(self, url: str, plan: LoadPlan) -> None:
+        """`plan`'s adjustments (bulk_load.py) into a database with its customers."""
 
     def _raw_result(
         self,
@@ -165,6 +203,14 @@ class SqliteBackend(Backend):
         finally:
             conn.close()
 
+    def query_ints(self, url: str, sql: str) -> tuple[int, ...]:
+        conn = sqlite_connect(self._path(url))
+        try:
+            row = conn.execute(sql).fetchone()
+            return () if row is None else tuple(int(value) for value in row)
+        finally:
+            conn.close()
+
     def raw(self, url: str, spec: RawSpec, duration_s: int, workdir: Path) -> RawResult:
         output = run_measuring_tool(
             [
@@ -189,8 +235,8 @@ class SqliteBackend(Backend):
             p99_ms=out["p99_ms"],
         )
 
-    def bulk_load(self, url: str) -> None:
-        bulk_load.load_sqlite(self._path(url), self._bulk_load_progress)
+    def bulk_load(self, url: str, plan: LoadPlan) -> None:
+        bulk_load.load_sqlite(self._path(url), plan, self._bulk_load_progress)
 
 
 class PostgresBackend(Backend):
@@ -282,6 +328,10 @@ VACUUM ANALYZE;
     def count_adjustments(self, url: str) -> int:
         return int(psql(url, "SELECT count(*) FROM loyalty_adjustments;"))
 
+    def query_ints(self, url: str, sql: str) -> tuple[int, ...]:
+        lines = psql(url, sql + ";").splitlines()
+        return tuple(int(value) for value in lines[0].split("|")) if lines else ()
+
     def raw(self, url: str, spec: RawSpec, duration_s: int, workdir: Path) -> RawResult:
         prefix = workdir / f"pgbench-{spec.work}-{spec.clients}"
         args = [
@@ -324,8 +374,8 @@ VACUUM ANALYZE;
             p99_ms=round(percentile(latencies_us, 0.99) / 1000, 3),
         )
 
-    def bulk_load(self, url: str) -> None:
-        bulk_load.load_postgresql(url, self._bulk_load_progress)
+    def bulk_load(self, url: str, plan: LoadPlan) -> None:
+        bulk_load.load_postgresql(url, plan, self._bulk_load_progress)
 
 
 def create_backend(kind: str, workdir: Path, pg_url: str, run_id: str) -> Backend:

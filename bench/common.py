@@ -11,16 +11,35 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 # The customers every scenario works on: cus_bench_0000 … cus_bench_0999.
 CUSTOMER_COUNT = 1000
 HOT_CUSTOMER = "cus_bench_hot"  # S3: every connection on this one
-BIG_CUSTOMER = "cus_bench_big"  # S5: the one that gets 1,000,000 prior adjustments
+BIG_CUSTOMER = "cus_bench_big"  # S5 and S7: the one that gets 1,000,000 prior adjustments
+BULK_ITEMS = 1000  # S6: adjustments per bulk-adjust request, and per raw-limit transaction
 
 # The service's own SQLite settings (src/loyalty/db/sqlite.py): WAL, synchronous=FULL.
 SQLITE_BUSY_TIMEOUT_MS = 5000
 
 PSQL_TIMEOUT_S = 3600
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """What bulk_load.py writes: `big` adjustments for BIG_CUSTOMER, then `per_other` for each
+    of the CUSTOMER_COUNT others (0: none)."""
+
+    big: int
+    per_other: int
+
+    @property
+    def others(self) -> int:
+        return self.per_other * CUSTOMER_COUNT
+
+    @property
+    def total(self) -> int:
+        return self.big + self.others
 
 
 def customer_id(index: int) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 @dataclass
 class Measurement:
-    phase: str  # main, s5-fresh, s5-loaded, warm-up
+    phase: str  # main, s5-fresh, s5-loaded, s7-loaded
     scenario: str
     title: str
     connections: int
@@ -29,6 +29,7 @@ class Measurement:
     raw_rps: float | None = None
     ratio: float | None = None
     worker_peak_mb: dict[str, float] = field(default_factory=dict)
+    item_errors: int = 0  # S6: items of 2xx bulks that failed (or were not answered)
 
 
 @dataclass
@@ -61,6 +62,10 @@ class DatabaseRun:
     versions: dict[str, str] = field(default_factory=dict)
     targets: list[dict[str, Any]] = field(default_factory=list)
     s5: list[dict[str, Any]] = field(default_factory=list)
+    s6: list[dict[str, Any]] = field(default_factory=list)
+    s7: list[dict[str, Any]] = field(default_factory=list)
+    # S7's point in time per phase: the as_of sent, the balance expected there, the answer.
+    as_of: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     # CPU used by other processes while the harness itself was idle: noise in the numbers.
     background_cpu_percent: dict[str, float] = field(default_factory=dict)

@@ -5,7 +5,8 @@ For each database (SQLite, PostgreSQL) it measures the raw limit of the database
 configuration on a fresh database, creates customers through the API, drives it with wrk
 for a fixed duration per scenario, records each worker's peak memory, stops it and runs
 `loyalty verify`. S5 repeats the adjust scenarios on a database bulk-loaded with 5,000,000
-adjustments and on a fresh one. Results: a Markdown table and a JSON file per database in
+adjustments and on a fresh one; S7 reads a balance as_of the middle of a customer's history on
+a fresh database and on a bulk-loaded one. Results: a Markdown table and a JSON file per database in
 bench/results/, and the same table on standard output. This module is the entry point
 (options, signals, the loop over the databases, the exit code); the work is in the modules
 beside it (bench/README.md, "Layout").
@@ -38,9 +39,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
     parser.add_argument("--duration", type=int, help="seconds per scenario (default 20; quick 8)")
     parser.add_argument(
-        "--quick", action="store_true", help="S1 at 64, S3, S4, the raw limits of S1 and S3; no S5"
+        "--quick",
+        action="store_true",
+        help="S1 at 64, S3, S4, a short S6 and S7, the raw limits of S1, S3 and S6; no S5",
     )
-    parser.add_argument("--skip-s5", action="store_true", help="leave out S5 (the bulk load)")
+    parser.add_argument(
+        "--skip-s5", action="store_true", help="leave out S5 (and its 5,000,000-row bulk load)"
+    )
     parser.add_argument(
         "--pg-url",
         default=os.environ.get("LOYALTY_BENCH_PG_URL", DEFAULT_PG_URL),

@@ -2,8 +2,9 @@
 
 For one backend it records the versions, measures the raw limits on a migrated and seeded
 scratch database, then for each phase of scenarios.py makes a fresh database, starts the
-server, creates the customers through the API (and bulk-loads the database for S5, with
-`loyalty verify` before anything is measured), runs the warm-up and the scenarios with wrk,
+server, creates the customers through the API (and S7's few adjustments of the big customer,
+or bulk-loads the database for S5 and S7, with `loyalty verify` before anything is
+measured), finds and checks S7's point in time, runs the warm-up and the scenarios with wrk,
 stops the server, runs `loyalty verify`, and checks that the ledger holds every adjustment
 answered 2xx. Everything lands in a DatabaseRun; `run_database` also records a failure
 instead of raising it, and always stops the server and drops the scratch databases.
@@ -18,12 +19,14 @@ import subprocess
 import time
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-import bulk_load
 from backends import Backend
+from common import BIG_CUSTOMER, BULK_ITEMS, LoadPlan
 from records import DatabaseRun, Measurement
 from scenarios import (
     ID_LISTS,
@@ -32,7 +35,9 @@ from scenarios import (
     Phase,
     Scenario,
     phases,
+    raw_s,
     raw_specs,
+    scenario_s,
     warmup_s,
 )
 from server import Server, stop_all
@@ -120,7 +125,8 @@ class DatabaseRunner:
             say(f"{self.kind}: raw limit warm-up ({self.warmup_s}s)")
             self.backend.raw(url, RAW_WARMUP, self.warmup_s, self.workdir)
             for spec in raw_specs(self.kind, self.options.quick):
-                raw = self.backend.raw(url, spec, self.options.duration_s, self.workdir)
+                duration_s = raw_s(spec, self.options.quick, self.options.duration_s)
+                raw = self.backend.raw(url, spec, duration_s, self.workdir)
                 self.result.raw_limits.append(raw)
                 say(
                     f"{self.kind}: raw {raw.tool} {spec.work} clients={spec.clients}:"
@@ -136,6 +142,7 @@ class DatabaseRunner:
         server = Server(url, self.workdir, f"{self.kind}-{name}", self.secret, self.password)
         tally = AdjustmentTally()
         preloaded = 0
+        as_of = ""
         try:
             with self.timed(f"{name}: start and create customers"):
                 server.start()
@@ -143,27 +150,34 @@ class DatabaseRunner:
                 ids = [*ID_LISTS["random"], *phase.extra_customers]
                 server.create_customers(token, ids)
                 say(f"{self.kind} {name}: service up on {server.base_url}, {len(ids)} customers")
-            if phase.bulk_load:
+                if phase.seed_big:
+                    server.adjust_several(token, BIG_CUSTOMER, phase.seed_big)
+                    tally.answered += phase.seed_big
+            if phase.load is not None:
                 server.stop()
-                preloaded = self.bulk_load(url, name)
+                preloaded = self.bulk_load(url, name, phase.load)
                 with self.timed(f"{name}: start and create customers"):
                     server.start()
                     token = server.login()
             self.files["token"].write_text(token + "\n")
+            if any(scenario.as_of for scenario in phase.scenarios):
+                as_of = self.as_of(server, token, url, name)
             self.sample_background(name)
             with self.timed(f"{name}: scenarios"):
                 warm = self.measure(server, WARMUP, self.warmup_s, name)
                 self.result.warmups.append(warm)
                 tally.add(warm, WARMUP)
                 for scenario in phase.scenarios:
-                    m = self.measure(server, scenario, self.options.duration_s, name)
+                    duration_s = scenario_s(scenario, self.options.quick, self.options.duration_s)
+                    m = self.measure(server, scenario, duration_s, name, as_of)
                     self.result.measurements.append(m)
                     tally.add(m, scenario)
                     say(
                         f"{self.kind} {name}: {m.scenario} {m.title}, c={m.connections}:"
                         f" {m.rps:,.0f} req/s, p50 {m.p50_ms:.2f} ms, p99 {m.p99_ms:.2f} ms,"
                         f" non-2xx {m.non2xx}, socket errors {m.socket_errors},"
-                        f" workers {m.worker_peak_mb} MB"
+                        + (f" failed items {m.item_errors}," if m.item_errors else "")
+                        + f" workers {m.worker_peak_mb} MB"
                     )
         except Exception as error:
             tail = server.log_tail()
@@ -179,22 +193,77 @@ class DatabaseRunner:
         if not self.options.keep:
             self.backend.drop(url)
 
-    def bulk_load(self, url: str, phase: str) -> int:
-        """S5's bulk load, which must pass `loyalty verify`; returns the rows it added."""
+    def bulk_load(self, url: str, phase: str, plan: LoadPlan) -> int:
+        """A bulk load, which must pass `loyalty verify`; returns the rows it added."""
         with self.timed(f"{phase}: bulk load"):
-            say(f"{self.kind} {phase}: bulk-loading {bulk_load.TOTAL_ADJUSTMENTS:,} adjustments")
-            self.backend.bulk_load(url)
+            say(f"{self.kind} {phase}: bulk-loading {plan.total:,} adjustments")
+            self.backend.bulk_load(url, plan)
         with self.timed(f"{phase}: verify after load"):
             if not self.verify(url, f"{phase} after bulk load"):
                 raise RuntimeError("the bulk-loaded database does not pass loyalty verify")
-        return bulk_load.TOTAL_ADJUSTMENTS
+        return plan.total
+
+    def as_of(self, server: Server, token: str, url: str, phase: str) -> str:
+        """S7's as_of: the time of the adjustment in the middle of the big customer's history
+        (not its tip). The service's answer there must be the balance the ledger had then,
+        or the run fails (measured all the same)."""
+        point = self.backend.as_of_point(url, BIG_CUSTOMER)
+        moment = datetime.fromtimestamp(point.as_of_ms // 1000, UTC)
+        as_of = f"{moment:%Y-%m-%dT%H:%M:%S}.{point.as_of_ms % 1000:03d}Z"
+        response = server.balance_as_of(token, BIG_CUSTOMER, as_of)
+        answered: Decimal | None = None
+        with suppress(ValueError, KeyError, TypeError, InvalidOperation):
+            answered = Decimal(str(response.json(parse_float=Decimal)["balance"]))
+        expected = Decimal(point.balance_hundredths) / 100
+        ok = response.status_code == 200 and answered == expected
+        self.result.as_of.append(
+            {
+                "phase": phase,
+                "customer": BIG_CUSTOMER,
+                "adjustments": point.last_seq,
+                "as_of": as_of,
+                "seq": point.seq,
+                "expected_balance": str(expected),
+                "balance_now": str(Decimal(point.tip_hundredths) / 100),
+                "status": response.status_code,
+                "answered_balance": None if answered is None else str(answered),
+                "ok": ok,
+            }
+        )
+        say(
+            f"{self.kind} {phase}: as_of {as_of} (adjustment {point.seq:,} of"
+            f" {point.last_seq:,}): expected {expected}, answered"
+            f" {response.status_code} {answered} {'ok' if ok else 'WRONG'}"
+        )
+        if not ok:
+            self.result.errors.append(
+                f"{phase}: GET balance as_of={as_of} answered {response.status_code}"
+                f" {response.text[:300]}; expected balance {expected}"
+            )
+        return as_of
+
+    def script_args(self, scenario: Scenario, as_of: str) -> list[str]:
+        """What the scenario's wrk script takes after the token and id files."""
+        if scenario.script == "bulk.lua":
+            # A new reference prefix for each wrk run: no reference is ever used twice.
+            return [str(BULK_ITEMS), secrets.token_hex(6)]
+        if scenario.as_of:
+            return [f"as_of={as_of}"]
+        return []
 
     def measure(
-        self, server: Server, scenario: Scenario, duration_s: int, phase: str
+        self, server: Server, scenario: Scenario, duration_s: int, phase: str, as_of: str = ""
     ) -> Measurement:
         """One scenario with wrk, then every worker's peak memory so far."""
         ids_file = self.files[scenario.customers]
-        result = run_wrk(server.base_url, scenario, self.files["token"], ids_file, duration_s)
+        result = run_wrk(
+            server.base_url,
+            scenario,
+            self.files["token"],
+            ids_file,
+            duration_s,
+            self.script_args(scenario, as_of),
+        )
         return Measurement(
             phase=phase,
             scenario=scenario.name,
@@ -209,6 +278,7 @@ class DatabaseRunner:
             socket_errors=result.socket_errors,
             raw_work=scenario.raw_work,
             worker_peak_mb=server.worker_peak_mb(),
+            item_errors=result.item_errors,
         )
 
     # ---- the checks

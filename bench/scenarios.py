@@ -1,21 +1,21 @@
 """What a run measures: the scenarios, the raw limits they are compared with, the phases.
 
-A scenario is one wrk run against the service (S1 … S5); a raw-limit spec is one run of the
+A scenario is one wrk run against the service (S1 … S7); a raw-limit spec is one run of the
 same work straight on the database (pgbench, or sqlite_loop.py); a phase is one fresh
-database and server on which a list of scenarios runs (`main`, and S5's `s5-fresh` and
-`s5-loaded`). A new scenario goes here: define it, put it in the phase that measures it
-(FULL_MAIN and, if quick runs need it, QUICK_MAIN; or S5_SCENARIOS, which run on the fresh
-and the bulk-loaded database), and if no raw limit measures its `raw_work` yet, add one
-RawSpec to FULL_RAW_SPECS (and QUICK_RAW_SPECS if --quick runs it), its work as
-pgbench/<work>.sql and in sqlite_loop.py's WORKS. A new wrk script goes beside adjust.lua,
-a new list of customers into ID_LISTS.
+database and server on which a list of scenarios runs (`main`, S5's `s5-fresh` and
+`s5-loaded`, and `s7-loaded` when S5 does not run). A new scenario goes here: define it, put
+it in the phase that measures it (FULL_MAIN and, if quick runs need it, QUICK_MAIN; or
+S5_SCENARIOS, which run on the fresh and the bulk-loaded database), and if no raw limit
+measures its `raw_work` yet, add one RawSpec to FULL_RAW_SPECS (and QUICK_RAW_SPECS if
+--quick runs it), its work as pgbench/<work>.sql and in sqlite_loop.py's WORKS. A new wrk
+script goes beside adjust.lua, a new list of customers into ID_LISTS.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common import BIG_CUSTOMER, CUSTOMER_COUNT, HOT_CUSTOMER, customer_id
+from common import BIG_CUSTOMER, BULK_ITEMS, CUSTOMER_COUNT, HOT_CUSTOMER, LoadPlan, customer_id
 
 CONNECTION_COUNTS = (1, 16, 64)
 MANY = 64
@@ -24,6 +24,8 @@ QUICK_DURATION_S = 8
 WARMUP_S = 3
 QUICK_WARMUP_S = 2
 WARMUP_CONNECTIONS = 16
+QUICK_SHORT_S = 4  # with --quick: S7 and S6's raw limit (adjust_bulk)
+WRK_TIMEOUT_S = 10
 
 # The customer-id lists a scenario can draw from; the runner writes each to a file for wrk.
 ID_LISTS: dict[str, tuple[str, ...]] = {
@@ -37,7 +39,7 @@ ID_LISTS: dict[str, tuple[str, ...]] = {
 class Scenario:
     """One wrk run against the service, and the raw-limit work it is compared with."""
 
-    name: str  # S1 … S5, or warm-up
+    name: str  # S1 … S7, or warm-up
     title: str
     connections: int
     raw_work: str  # the RawSpec.work it is compared with
@@ -46,6 +48,9 @@ class Scenario:
     history: bool = False  # adjust.lua's `history` argument: ?include_history=true
     # What the ledger check expects each 2xx answer to have recorded (0: a read).
     adjustments_per_request: int = 1
+    # balance.lua's query: ?as_of=<the middle of the big customer's history> (S7).
+    as_of: bool = False
+    timeout_s: int = WRK_TIMEOUT_S  # a request not answered by then counts as a socket error
 
 
 def s1(connections: int) -> Scenario:
@@ -81,17 +86,52 @@ S5_SCENARIOS = (
     Scenario("S5", "adjust, random of 1,000", MANY, "adjust"),
     Scenario("S5", "adjust + history, random of 1,000", MANY, "adjust_history", history=True),
 )
+# S6: bulk-adjust, 1,000 items (not atomic) on random customers, a few connections at once.
+S6_CONNECTIONS = 4
+S6 = Scenario(
+    "S6",
+    f"bulk-adjust, {BULK_ITEMS:,} items on random of 1,000",
+    S6_CONNECTIONS,
+    "adjust_bulk",
+    script="bulk.lua",
+    adjustments_per_request=BULK_ITEMS,
+    # 4 bulks of 1,000 queue for the ledger's writer: on SQLite under load each waited 5-7 s.
+    timeout_s=60,
+)
+# S7: a balance at a point in the middle of the big customer's history, on a fresh database
+# (the main phase's, first thing after the warm-up, when the big customer has S7_FEW
+# adjustments) and on a bulk-loaded one where it has 1,000,000 (S5's; without S5, S7_LOAD's
+# or with --quick S7_QUICK_LOAD's); one connection: latency, not queueing. No raw limit: it
+# is compared with itself.
+S7 = Scenario(
+    "S7",
+    "GET balance as_of, the big customer",
+    1,
+    "as_of",
+    script="balance.lua",
+    customers="big",
+    adjustments_per_request=0,
+    as_of=True,
+)
 WARMUP = Scenario("warm-up", "adjust, random of 1,000", WARMUP_CONNECTIONS, "adjust")
 
-FULL_MAIN = (*(s1(c) for c in CONNECTION_COUNTS), *(s2(c) for c in CONNECTION_COUNTS), S3, S4)
-QUICK_MAIN = (s1(MANY), S3, S4)
+# S7 first: the main phase's database is still fresh then.
+FULL_MAIN = (
+    S7,
+    *(s1(c) for c in CONNECTION_COUNTS),
+    *(s2(c) for c in CONNECTION_COUNTS),
+    S3,
+    S4,
+    S6,
+)
+QUICK_MAIN = (S7, s1(MANY), S3, S4, S6)
 
 
 @dataclass(frozen=True)
 class RawSpec:
     """One raw-limit run: `work` by `clients` at once, straight on the database."""
 
-    work: str  # adjust, adjust_history, adjust_hot, balance
+    work: str  # adjust, adjust_history, adjust_hot, balance, adjust_bulk
     clients: int
 
     @property
@@ -110,8 +150,13 @@ FULL_RAW_SPECS = (
     RawSpec("adjust_hot", 1),  # one row's serial limit, for reference
     RawSpec("adjust_hot", MANY),
     RawSpec("balance", MANY),
+    RawSpec("adjust_bulk", S6_CONNECTIONS),
 )
-QUICK_RAW_SPECS = (RawSpec("adjust", MANY), RawSpec("adjust_hot", MANY))
+QUICK_RAW_SPECS = (
+    RawSpec("adjust", MANY),
+    RawSpec("adjust_hot", MANY),
+    RawSpec("adjust_bulk", S6_CONNECTIONS),
+)
 RAW_WARMUP = RawSpec("adjust", 1)
 
 
@@ -128,6 +173,19 @@ def raw_specs(database: str, quick: bool) -> list[RawSpec]:
     return list(dict.fromkeys(RawSpec(s.work, raw_clients(database, s.clients)) for s in specs))
 
 
+def scenario_s(scenario: Scenario, quick: bool, duration_s: int) -> int:
+    """How long `scenario` runs: --quick shortens S7 further (not S6, whose bulks can take
+    seconds each)."""
+    short = quick and scenario.name == "S7"
+    return min(QUICK_SHORT_S, duration_s) if short else duration_s
+
+
+def raw_s(spec: RawSpec, quick: bool, duration_s: int) -> int:
+    """How long a raw limit runs: --quick shortens S6's (adjust_bulk) further."""
+    short = quick and spec.work == "adjust_bulk"
+    return min(QUICK_SHORT_S, duration_s) if short else duration_s
+
+
 def warmup_s(quick: bool, duration_s: int) -> int:
     return min(QUICK_WARMUP_S if quick else WARMUP_S, duration_s)
 
@@ -135,6 +193,14 @@ def warmup_s(quick: bool, duration_s: int) -> int:
 MAIN_PHASE = "main"
 S5_FRESH_PHASE = "s5-fresh"
 S5_LOADED_PHASE = "s5-loaded"
+S7_LOADED_PHASE = "s7-loaded"
+
+# bulk_load.py's plans: S5's 5,000,000 (1,000,000 for the big customer, 4,000 for each of the
+# others); S7's for the big customer alone.
+S5_LOAD = LoadPlan(big=1_000_000, per_other=4_000)
+S7_LOAD = LoadPlan(big=1_000_000, per_other=0)
+S7_QUICK_LOAD = LoadPlan(big=100_000, per_other=0)
+S7_FEW = 10  # the big customer's adjustments in the main phase, made through the API
 
 
 @dataclass(frozen=True)
@@ -144,15 +210,24 @@ class Phase:
     name: str  # main, s5-fresh, s5-loaded: how the report names its rows
     scenarios: tuple[Scenario, ...]
     extra_customers: tuple[str, ...]  # made besides the 1,000 of ID_LISTS["random"]
-    bulk_load: bool = False  # bulk_load.py's 5,000,000 adjustments before the scenarios
+    load: LoadPlan | None = None  # bulk_load.py's adjustments, before the scenarios
+    seed_big: int = 0  # adjustments of the big customer made through the API first
 
 
 def phases(quick: bool, skip_s5: bool) -> list[Phase]:
-    main = Phase(MAIN_PHASE, QUICK_MAIN if quick else FULL_MAIN, (HOT_CUSTOMER,))
+    main = Phase(
+        MAIN_PHASE,
+        QUICK_MAIN if quick else FULL_MAIN,
+        (HOT_CUSTOMER, BIG_CUSTOMER),
+        seed_big=S7_FEW,
+    )
     if quick or skip_s5:
-        return [main]
+        # S7's long history on a database of its own, loaded for the big customer alone.
+        load = S7_QUICK_LOAD if quick else S7_LOAD
+        return [main, Phase(S7_LOADED_PHASE, (S7,), (BIG_CUSTOMER,), load=load)]
     return [
         main,
         Phase(S5_FRESH_PHASE, S5_SCENARIOS, (BIG_CUSTOMER,)),
-        Phase(S5_LOADED_PHASE, S5_SCENARIOS, (BIG_CUSTOMER,), bulk_load=True),
+        # S7 first, in the middle of the loaded history, before S5 adds to it.
+        Phase(S5_LOADED_PHASE, (S7, *S5_SCENARIOS), (BIG_CUSTOMER,), load=S5_LOAD),
     ]

@@ -4,7 +4,8 @@ The server runs with `--workers <cores>` and the service's defaults (only the da
 the admin's email and password and the JWT secret set; every other LOYALTY_* variable
 removed), on a free loopback port, in a process group of its own so that stopping it
 always takes its workers and helpers along. It also finds its worker processes and reads
-their peak memory, logs in, and creates the bench customers through the API.
+their peak memory, logs in, creates the bench customers through the API, makes S7's few
+adjustments and reads a balance at a point in time.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ ADMIN_EMAIL = "bench@example.com"
 STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 45.0
 CUSTOMER_CREATORS = 8
+SEED_GAP_S = 0.003  # between S7's few adjustments, so that each has a millisecond of its own
 
 
 class Server:
@@ -129,6 +131,29 @@ class Server:
 
             with ThreadPoolExecutor(CUSTOMER_CREATORS) as pool:
                 list(pool.map(create, ids))
+
+    def adjust_several(self, token: str, customer: str, count: int) -> None:
+        """`count` adjustments of +1 point on `customer`, one after the other."""
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=self.base_url, headers=headers, timeout=30) as client:
+            for _ in range(count):
+                response = client.post(
+                    "/admin/loyalty/points/adjust",
+                    json={"customer_id": customer, "delta": 1, "reason": "bench"},
+                )
+                if response.status_code != 200:
+                    raise RuntimeError(
+                        f"adjusting {customer}: {response.status_code} {response.text}"
+                    )
+                time.sleep(SEED_GAP_S)
+
+    def balance_as_of(self, token: str, customer: str, as_of: str) -> httpx.Response:
+        return httpx.get(
+            f"{self.base_url}/admin/loyalty/points/{customer}",
+            params={"as_of": as_of},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
 
     def stop(self) -> None:
         if self.process is None:

@@ -7,7 +7,15 @@ and durability (WAL, synchronous=FULL, busy_timeout, foreign keys), and each ite
     BEGIN IMMEDIATE; SELECT the balance row; UPDATE it; INSERT the ledger row; COMMIT
 
 (`adjust_history` also reads the last 20 adjustments before COMMIT; `balance` only reads
-the balance row). SQLite has one writer at a time, so one loop is the most the file can do.
+the balance row). `adjust_bulk` is S6's: one transaction per bulk of 1,000 adjustments on
+customers drawn at random (one can come up more than once),
+
+    BEGIN IMMEDIATE; SELECT the bulk's balance rows; INSERT the 1,000 ledger rows (one
+    executemany) with every column the service writes (type, reference, the NULL metadata,
+    expires_at, reverses and pending_id, and each row's SHA-256 hash of its customer's
+    previous hash and its fields); UPDATE each balance row to its new tip; COMMIT
+
+SQLite has one writer at a time, so one loop is the most the file can do.
 
     python bench/sqlite_loop.py --db PATH --work adjust --customers 1000 --duration 20
 
@@ -17,16 +25,72 @@ prints one JSON object: transactions, seconds, tps, p50_ms, p99_ms.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
+import sqlite3
 import time
 from array import array
 
-from common import customer_id, percentile, sqlite_connect
+from common import BULK_ITEMS, customer_id, percentile, sqlite_connect
 
 DELTA_HUNDREDTHS = 100
 HISTORY_LIMIT = 20
-WORKS = ("adjust", "adjust_history", "balance")
+WORKS = ("adjust", "adjust_history", "balance", "adjust_bulk")
+GENESIS = "0" * 64
+IN_LIST_MAX = 500  # ids per SELECT … IN (…), under SQLite's bound on parameters
+BULK_INSERT = (
+    "INSERT INTO loyalty_adjustments (id, customer_id, seq, type, delta_hundredths,"
+    " balance_after_hundredths, reason, reference, metadata, expires_at_ms, reverses,"
+    " pending_id, created_at_ms, created_by, hash)"
+    " VALUES (?, ?, ?, 'adjustment', ?, ?, 'bench', ?, NULL, NULL, NULL, NULL, ?, 'user_bench', ?)"
+)
+BULK_TIP = (
+    "UPDATE loyalty_balances SET balance_hundredths = ?, last_seq = ?, last_adjustment_id = ?,"
+    " updated_at_ms = ?, last_hash = ? WHERE customer_id = ?"
+)
+
+
+def bulk(conn: sqlite3.Connection, ids: list[str]) -> None:
+    """One bulk of BULK_ITEMS adjustments on random customers, in one transaction."""
+    items = [random.randrange(len(ids)) for _ in range(BULK_ITEMS)]
+    conn.execute("BEGIN IMMEDIATE")
+    distinct = sorted({ids[index] for index in items})
+    # customer → (balance, last_seq, last id, time, last hash)
+    tips: dict[str, tuple[int, int, str | None, int, str]] = {}
+    for start in range(0, len(distinct), IN_LIST_MAX):
+        part = distinct[start : start + IN_LIST_MAX]
+        for cid, balance, last_seq, last_id, updated_at_ms, last_hash in conn.execute(
+            "SELECT customer_id, balance_hundredths, last_seq, last_adjustment_id,"
+            " updated_at_ms, last_hash FROM loyalty_balances"
+            f" WHERE customer_id IN ({', '.join('?' for _ in part)})",
+            part,
+        ):
+            tips[cid] = (balance, last_seq, last_id, updated_at_ms or 0, last_hash or GENESIS)
+    now_ms = time.time_ns() // 1_000_000
+    rows = []
+    for index in items:
+        cid = ids[index]
+        previous_balance, previous_seq, _, previous_ms, previous_hash = tips[cid]
+        balance = previous_balance + DELTA_HUNDREDTHS
+        seq = previous_seq + 1
+        created_at_ms = max(now_ms, previous_ms)
+        adjustment_id = f"adj_{created_at_ms:013d}{index:05d}{seq:08d}"
+        reference = f"bench-{seq}"
+        fields = (
+            f'{{"balance_after":"{balance // 100}","created_at":"{created_at_ms}",'
+            f'"created_by":"user_bench","customer_id":"{cid}","delta":"1","expires_at":null,'
+            f'"id":"{adjustment_id}","metadata":null,"pending_id":null,"reason":"bench",'
+            f'"reference":"{reference}","reverses":null,"type":"adjustment"}}'
+        )
+        digest = hashlib.sha256(f"{previous_hash}{fields}".encode()).hexdigest()
+        tips[cid] = (balance, seq, adjustment_id, created_at_ms, digest)
+        rows.append(
+            (adjustment_id, cid, seq, DELTA_HUNDREDTHS, balance, reference, created_at_ms, digest)
+        )
+    conn.executemany(BULK_INSERT, rows)
+    conn.executemany(BULK_TIP, [(*tips[cid], cid) for cid in distinct])
+    conn.execute("COMMIT")
 
 
 def run(path: str, work: str, customers: int, duration_s: float) -> dict[str, float]:
@@ -41,7 +105,9 @@ def run(path: str, work: str, customers: int, duration_s: float) -> dict[str, fl
         begin = time.perf_counter_ns()
         index = random.randrange(customers)
         cid = ids[index]
-        if work == "balance":
+        if work == "adjust_bulk":
+            bulk(conn, ids)
+        elif work == "balance":
             execute(
                 "SELECT balance_hundredths, last_seq, updated_at_ms FROM loyalty_balances"
                 " WHERE customer_id = ?",

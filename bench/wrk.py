@@ -1,15 +1,17 @@
 """Running wrk against the server for one scenario, and reading what it printed.
 
-wrk runs with one thread (the service gets the cores), `--timeout 10s` and `--latency`,
-whose 50% and 99% lines give p50 and p99. The Lua scripts (adjust.lua, balance.lua) count
-every status outside 2xx themselves, because wrk counts only some of them, and print one
-`BENCH_RESULT` line with the requests, the non-2xx answers and the duration.
+wrk runs with one thread (the service gets the cores), `--timeout 10s` (S6: 60 s) and
+`--latency`, whose 50% and 99% lines give p50 and p99. The Lua scripts (adjust.lua,
+balance.lua, bulk.lua) count every status outside 2xx themselves, because wrk counts only
+some of them, and print one `BENCH_RESULT` line with the requests, the non-2xx answers and
+the duration.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +19,6 @@ from scenarios import Scenario
 from tools import BENCH_DIR, run_measuring_tool
 
 WRK_THREADS = 1  # leaves the cores to the service; one wrk thread drives 64 connections
-WRK_TIMEOUT_S = 10
 
 _WRK_LATENCY = re.compile(r"^\s*(50|99)%\s+([\d.]+)(us|ms|s|m|h)\s*$", re.M)
 _WRK_RPS = re.compile(r"^Requests/sec:\s+([\d.]+)", re.M)
@@ -35,6 +36,7 @@ class WrkResult:
     seconds: float
     non2xx: int
     socket_errors: int  # connect, read and write errors and timeouts
+    item_errors: int  # bulk.lua: items of 2xx bulks that failed, or were not answered
 
 
 def parse_wrk(output: str) -> WrkResult:
@@ -58,19 +60,27 @@ def parse_wrk(output: str) -> WrkResult:
         # wrk's own count misses 1xx and 3xx; the script counts every status outside 2xx.
         non2xx=max(lua["non2xx"], int(wrk_non2xx.group(1)) if wrk_non2xx else 0),
         socket_errors=sum(int(g) for g in socket_errors.groups()) if socket_errors else 0,
+        item_errors=int(lua.get("item_errors", 0)),
     )
 
 
 def run_wrk(
-    base_url: str, scenario: Scenario, token_file: Path, ids_file: Path, duration_s: int
+    base_url: str,
+    scenario: Scenario,
+    token_file: Path,
+    ids_file: Path,
+    duration_s: int,
+    script_args: Sequence[str] = (),
 ) -> WrkResult:
-    """Drives the server at `base_url` with `scenario` for `duration_s`."""
+    """Drives the server at `base_url` with `scenario` for `duration_s`; `script_args` follow
+    the token and id files on the script's command line (bulk.lua's items and nonce,
+    balance.lua's query)."""
     args = [
         "wrk",
         f"--threads={min(WRK_THREADS, scenario.connections)}",
         f"--connections={scenario.connections}",
         f"--duration={duration_s}s",
-        f"--timeout={WRK_TIMEOUT_S}s",
+        f"--timeout={scenario.timeout_s}s",
         "--latency",
         f"--script={BENCH_DIR / scenario.script}",
         base_url,
@@ -80,4 +90,5 @@ def run_wrk(
     ]
     if scenario.history:
         args.append("history")
+    args += script_args
     return parse_wrk(run_measuring_tool(args, "wrk", duration_s))

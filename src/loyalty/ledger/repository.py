@@ -180,17 +180,24 @@ async def find_references(
     conn: Connection, customer_ids: list[str], references: list[str]
 ) -> dict[tuple[str, str], str]:
     """The id of the adjustment or pending points that already use each (customer,
-    reference) among those given."""
+    reference) among those given.
+
+    Looked up by reference alone (an index walk per reference, and references rarely repeat
+    across customers), then kept for the customers given: asking for every pair of the
+    lists would probe the index once per customer per reference.
+    """
+    wanted = set(customer_ids)
     found: dict[tuple[str, str], str] = {}
     for table in ("loyalty_pending", "loyalty_adjustments"):
         rows = await conn.fetch(
             f"SELECT customer_id, reference, id FROM {table}"
-            " WHERE customer_id = ANY($1) AND reference = ANY($2)",
-            customer_ids,
+            " WHERE reference = ANY($1) AND reference IS NOT NULL",
             references,
         )
-        # A release carries its pending points' reference: the pending object owns it.
-        found.update({(row[0], row[1]): row[2] for row in rows if (row[0], row[1]) not in found})
+        for customer_id, reference, owner in rows:
+            # A release carries its pending points' reference: the pending object owns it.
+            if customer_id in wanted and (customer_id, reference) not in found:
+                found[(customer_id, reference)] = owner
     return found
 
 

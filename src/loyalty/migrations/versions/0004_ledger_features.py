@@ -125,6 +125,9 @@ def upgrade() -> None:
         "reference IS NOT NULL",
         unique=True,
     )
+    _partial_index(
+        "loyalty_pending_reference", "loyalty_pending", ["reference"], "reference IS NOT NULL"
+    )
     op.create_index("loyalty_pending_customer", "loyalty_pending", ["customer_id", "id"])
     _partial_index(
         "loyalty_pending_due", "loyalty_pending", ["release_at_ms"], "status = 'pending'"
