@@ -16,15 +16,18 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager, suppress
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import httpx
+
+T = TypeVar("T")
 
 ADMIN_EMAIL = "admin@example.com"
 ADMIN_PASSWORD = "correct horse battery staple"
@@ -386,6 +389,193 @@ def adjust_raw(client: httpx.Client, body: str, **params: str) -> httpx.Response
     )
 
 
+# --- references, reversals, expirations, pending points, bulk, the whole ledger ----------
+
+ADJUSTMENTS_PATH = "/admin/loyalty/adjustments"
+BULK_PATH = "/admin/loyalty/points/bulk-adjust"
+PENDING_PATH = "/admin/loyalty/pending"
+KEY_HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+ADJUSTMENT_FIELDS = frozenset(
+    {
+        "id",
+        "customer_id",
+        "type",
+        "delta",
+        "reason",
+        "balance_after",
+        "reference",
+        "metadata",
+        "expires_at",
+        "reverses",
+        "pending_id",
+        "created_by",
+        "created_at",
+        "hash",
+    }
+)
+PENDING_FIELDS = frozenset(
+    {
+        "id",
+        "customer_id",
+        "points",
+        "reason",
+        "reference",
+        "metadata",
+        "expires_at",
+        "release_at",
+        "status",
+        "adjustment_id",
+        "created_at",
+        "updated_at",
+    }
+)
+HASH = re.compile(r"^[0-9a-f]{64}$")
+PND_ID = re.compile(r"^pnd_[0-9A-HJKMNP-TV-Z]{26}$")
+UNKNOWN_ADJUSTMENT = "adj_01ARZ3NDEKTSV4RRFFQ69G5FAV"
+UNKNOWN_PENDING = "pnd_01ARZ3NDEKTSV4RRFFQ69G5FAV"
+
+
+def iso(moment: datetime) -> str:
+    """A UTC time in the service's format (milliseconds, Z)."""
+    utc = moment.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def parse_time(text: str) -> datetime:
+    """A timestamp the service wrote, as an aware UTC datetime."""
+    assert TIMESTAMP.match(text), text
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def sleep_until(moment: str, margin_s: float = 0.0) -> None:
+    """Sleeps until the service's time `moment` (plus a margin) has passed on this machine."""
+    left = (parse_time(moment) - datetime.now(UTC)).total_seconds() + margin_s
+    if left > 0:
+        time.sleep(left)
+
+
+def eventually(probe: Callable[[], T | None], timeout_s: float, what: str) -> T:
+    """Polls `probe` until it returns something other than None; fails after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = probe()
+        if value is not None:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s}s: {what}")
+        time.sleep(0.1)
+
+
+def post_json(
+    client: httpx.Client,
+    path: str,
+    body: Any,
+    key: str | None = None,
+    **params: str,
+) -> httpx.Response:
+    """A POST with a JSON body (and an Idempotency-Key when given)."""
+    headers = {KEY_HEADER: key} if key is not None else {}
+    return client.post(path, json=body, headers=headers, params=params)
+
+
+def assert_error(
+    response: httpx.Response, status: int, kind: str, field: str | None = None
+) -> dict[str, Any]:
+    """An error in the envelope with this status and type; with `field`, an errors list
+    naming it."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body: dict[str, Any] = response.json()
+    assert body["type"] == kind, body
+    assert isinstance(body["message"], str) and body["message"]
+    assert set(body) <= {"type", "message", "errors"}, body
+    if field is not None:
+        assert field in {e["field"] for e in body.get("errors", [])}, body
+    return body
+
+
+def ok(response: httpx.Response) -> Any:
+    """A 200's body, amounts as Decimal."""
+    assert response.status_code == 200, response.text
+    return decoded(response)
+
+
+def balance_body(client: httpx.Client, customer_id: str, **params: str) -> Any:
+    return ok(client.get(f"/admin/loyalty/points/{customer_id}", params=params))
+
+
+def adjustment_of(client: httpx.Client, adjustment_id: str) -> Any:
+    """GET /admin/loyalty/adjustments/{id}'s object (with reversed_points)."""
+    body = ok(client.get(f"{ADJUSTMENTS_PATH}/{adjustment_id}"))
+    assert set(body) == {"adjustment"}, body
+    return body["adjustment"]
+
+
+def reverse(
+    client: httpx.Client,
+    adjustment_id: str,
+    points: Any = None,
+    reason: str | None = None,
+    key: str | None = None,
+) -> httpx.Response:
+    body: dict[str, Any] = {}
+    if points is not None:
+        body["points"] = points
+    if reason is not None:
+        body["reason"] = reason
+    return post_json(client, f"{ADJUSTMENTS_PATH}/{adjustment_id}/reverse", body, key)
+
+
+def adjust_with(client: httpx.Client, customer_id: str, delta: Any, **fields: Any) -> Any:
+    """An adjustment with optional fields (reference, metadata, expires_at, reason) that
+    must succeed; its response body."""
+    body = {"customer_id": customer_id, "delta": delta, **fields}
+    return ok(post_json(client, ADJUST_PATH, body))
+
+
+def whole_ledger(
+    client: httpx.Client, filters: Mapping[str, str] | None = None, limit: int = 100
+) -> list[Any]:
+    """Every page of GET /admin/loyalty/adjustments with these filters, newest first."""
+    items: list[Any] = []
+    params = {"limit": str(limit), **(filters or {})}
+    for _ in range(10_000):
+        page = ok(client.get(ADJUSTMENTS_PATH, params=params))
+        assert set(page) == {"adjustments", "next_cursor"}, page
+        assert len(page["adjustments"]) <= limit
+        items.extend(page["adjustments"])
+        if page["next_cursor"] is None:
+            return items
+        params = {**params, "cursor": page["next_cursor"]}
+    raise AssertionError("the cursor never reached the end")
+
+
+def user_id(server: Server, email: str = ADMIN_EMAIL, password: str = ADMIN_PASSWORD) -> str:
+    """The id of a user, as the token route reports it."""
+    response = httpx.post(
+        f"{server.base_url}/admin/auth/token",
+        json={"email": email, "password": password},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    value: str = response.json()["user"]["id"]
+    return value
+
+
+@contextmanager
+def backends_on_one_database(
+    kind: str, database_url: str, workdir: Path, count: int = 2, **env: str
+) -> Iterator[list[Backend]]:
+    """`count` server processes (one worker each) on one database, each with the admin's
+    token; on SQLite they share the file as workers do."""
+    with ExitStack() as stack:
+        yield [
+            stack.enter_context(Backend.start(kind, database_url, workdir, workers=1, **env))
+            for _ in range(count)
+        ]
+
+
 # --- the database behind the service's back ----------------------------------------------
 
 
@@ -505,7 +695,7 @@ def chained_hash(previous_hash: str, item: Mapping[str, Any]) -> str:
 
 def iso_in(seconds: float) -> str:
     """The time `seconds` from now (negative: ago) in the API's format, to the millisecond."""
-    from datetime import UTC, datetime, timedelta
+    from datetime import UTC, datetime
 
     moment = datetime.now(UTC) + timedelta(seconds=seconds)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
