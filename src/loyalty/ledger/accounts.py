@@ -197,32 +197,7 @@ class Account:
         self.balance += entry.delta
         self.seq += 1
         metadata = None if entry.metadata is None else dict(entry.metadata)
-        fields = chain.api_fields(
-            id=adjustment_id,
-            customer_id=self.customer_id,
-            type=entry.type,
-            delta_hundredths=entry.delta,
-            balance_after_hundredths=self.balance,
-            reason=entry.reason,
-            reference=entry.reference,
-            metadata=metadata,
-            expires_at_ms=expires_at_ms,
-            reverses=entry.reverses,
-            pending_id=entry.pending_id,
-            created_by=entry.created_by,
-            created_at_ms=created_at_ms,
-        )
-        self.last_hash = chain.link(self.last_hash, fields)
-        self.last_id = adjustment_id
-        self.updated_at_ms = created_at_ms
-        self.changed = True
-        if entry.reference is not None:
-            self.references[entry.reference] = adjustment_id
-        if entry.delta > 0 and expires_at_ms is not None:
-            self._add_lot(Lot(adjustment_id, expires_at_ms, entry.delta))
-        elif entry.delta < 0 and entry.type != "expiration":
-            self._spend(-entry.delta)
-        return AdjustmentRow(
+        row = AdjustmentRow(
             adjustment_id,
             self.customer_id,
             self.seq,
@@ -237,8 +212,19 @@ class Account:
             expires_at_ms,
             entry.reverses,
             entry.pending_id,
-            self.last_hash,
+            None,
         )
+        self.last_hash = chain.link(self.last_hash, chain.row_fields(row, metadata))
+        self.last_id = adjustment_id
+        self.updated_at_ms = created_at_ms
+        self.changed = True
+        if entry.reference is not None:
+            self.references[entry.reference] = adjustment_id
+        if entry.delta > 0 and expires_at_ms is not None:
+            self._add_lot(Lot(adjustment_id, expires_at_ms, entry.delta))
+        elif entry.delta < 0 and entry.type != "expiration":
+            self._spend(-entry.delta)
+        return row._replace(hash=self.last_hash)
 
     def _add_lot(self, lot: Lot) -> None:
         self.lots.append(lot)

@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 
 from loyalty.ledger import points
+from loyalty.ledger.repository import AdjustmentRow
 from loyalty.timestamps import render, render_optional
 
 GENESIS = "0" * 64
@@ -82,3 +83,22 @@ def api_fields(
         "created_by": created_by,
         "created_at": render(created_at_ms),
     }
+
+
+def row_fields(row: AdjustmentRow, metadata: Mapping[str, str] | None) -> dict[str, Any]:
+    """A stored adjustment's hashed fields (its metadata given decoded)."""
+    return api_fields(
+        id=row.id,
+        customer_id=row.customer_id,
+        type=row.type,
+        delta_hundredths=row.delta_hundredths,
+        balance_after_hundredths=row.balance_after_hundredths,
+        reason=row.reason,
+        reference=row.reference,
+        metadata=metadata,
+        expires_at_ms=row.expires_at_ms,
+        reverses=row.reverses,
+        pending_id=row.pending_id,
+        created_by=row.created_by,
+        created_at_ms=row.created_at_ms,
+    )

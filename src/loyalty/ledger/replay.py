@@ -81,21 +81,7 @@ async def replay_all(conn: Connection) -> Findings:
 
 def _step(state: _Replay, row: AdjustmentRow, findings: Findings) -> None:
     metadata = None if row.metadata is None else msgspec.json.decode(row.metadata)
-    fields = chain.api_fields(
-        id=row.id,
-        customer_id=row.customer_id,
-        type=row.type,
-        delta_hundredths=row.delta_hundredths,
-        balance_after_hundredths=row.balance_after_hundredths,
-        reason=row.reason,
-        reference=row.reference,
-        metadata=metadata,
-        expires_at_ms=row.expires_at_ms,
-        reverses=row.reverses,
-        pending_id=row.pending_id,
-        created_by=row.created_by,
-        created_at_ms=row.created_at_ms,
-    )
+    fields = chain.row_fields(row, metadata)
     if not state.chain_broken and row.hash != chain.link(state.previous_hash, fields):
         findings.add(
             "hash_chain", f"customer {row.customer_id} adjustment {row.id} (seq {row.seq})"
