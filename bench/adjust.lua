@@ -10,22 +10,7 @@
 -- wrk counts only some non-2xx statuses and keeps them per thread, so each thread counts
 -- its own in `response` and `done` adds them up and prints one BENCH_RESULT line.
 
-local threads = {}
-
-function setup(thread)
-   table.insert(threads, thread)
-   thread:set("thread_number", #threads)
-end
-
-local function read_lines(path)
-   local lines = {}
-   for line in io.lines(path) do
-      if line ~= "" then
-         table.insert(lines, line)
-      end
-   end
-   return lines
-end
+dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "common.lua")
 
 function init(args)
    local token = read_lines(args[1])[1]
@@ -45,7 +30,7 @@ function init(args)
    end
    prepared_count = #prepared
    non2xx = 0
-   math.randomseed(os.time() * 1000 + (thread_number or 0))
+   seed_random()
 end
 
 function request()
@@ -53,20 +38,5 @@ function request()
 end
 
 function response(status, headers, body)
-   if status < 200 or status > 299 then
-      non2xx = non2xx + 1
-   end
-end
-
-function done(summary, latency, requests)
-   local bad = 0
-   for _, thread in ipairs(threads) do
-      bad = bad + (thread:get("non2xx") or 0)
-   end
-   local e = summary.errors
-   io.write(string.format(
-      'BENCH_RESULT {"requests":%d,"duration_us":%d,"non2xx":%d,"connect_errors":%d,'
-         .. '"read_errors":%d,"write_errors":%d,"timeouts":%d,"p50_us":%d,"p99_us":%d}\n',
-      summary.requests, summary.duration, bad, e.connect, e.read, e.write, e.timeout,
-      latency:percentile(50), latency:percentile(99)))
+   count_status(status)
 end

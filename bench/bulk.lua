@@ -12,22 +12,7 @@
 -- any result carries an `error` object, or when it has fewer results than items. The
 -- failed items themselves are counted too (`item_errors`); `done` prints one BENCH_RESULT line.
 
-local threads = {}
-
-function setup(thread)
-   table.insert(threads, thread)
-   thread:set("thread_number", #threads)
-end
-
-local function read_lines(path)
-   local lines = {}
-   for line in io.lines(path) do
-      if line ~= "" then
-         table.insert(lines, line)
-      end
-   end
-   return lines
-end
+dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "common.lua")
 
 function init(args)
    local token = read_lines(args[1])[1]
@@ -42,7 +27,7 @@ function init(args)
    counter = 0
    non2xx = 0
    item_errors = 0
-   math.randomseed(os.time() * 1000 + (thread_number or 0))
+   seed_random()
 end
 
 function request()
@@ -58,8 +43,7 @@ function request()
 end
 
 function response(status, headers, body)
-   if status < 200 or status > 299 then
-      non2xx = non2xx + 1
+   if not count_status(status) then
       item_errors = item_errors + items
       return
    end
@@ -70,20 +54,4 @@ function response(status, headers, body)
       non2xx = non2xx + 1
       item_errors = item_errors + failed
    end
-end
-
-function done(summary, latency, requests)
-   local bad = 0
-   local bad_items = 0
-   for _, thread in ipairs(threads) do
-      bad = bad + (thread:get("non2xx") or 0)
-      bad_items = bad_items + (thread:get("item_errors") or 0)
-   end
-   local e = summary.errors
-   io.write(string.format(
-      'BENCH_RESULT {"requests":%d,"duration_us":%d,"non2xx":%d,"item_errors":%d,'
-         .. '"connect_errors":%d,"read_errors":%d,"write_errors":%d,"timeouts":%d,'
-         .. '"p50_us":%d,"p99_us":%d}\n',
-      summary.requests, summary.duration, bad, bad_items, e.connect, e.read, e.write,
-      e.timeout, latency:percentile(50), latency:percentile(99)))
 end
