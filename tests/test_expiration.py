@@ -10,7 +10,6 @@ bounded, so a busy machine makes them slower, never wrong.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -27,6 +26,7 @@ from tests.support import (
     adjust_with,
     assert_error,
     assert_verify,
+    at_once,
     backends_on_one_database,
     balance_body,
     decoded,
@@ -293,32 +293,15 @@ def test_two_servers_record_each_expiration_once(ticking: list[Backend]) -> None
         at = iso_in(SOON_S + 1.0)
         credits = [adjust_with(api, c, 10, expires_at=at)["id"] for c in customers]
 
-    async def writes() -> list[httpx.Response]:
-        clients = [
-            httpx.AsyncClient(
-                base_url=s.server.base_url,
-                headers={"Authorization": f"Bearer {s.token}"},
-                timeout=60,
-            )
-            for s in ticking
-        ]
-        try:
-            return await asyncio.wait_for(
-                asyncio.gather(
-                    *(
-                        client.post(ADJUST_PATH, json={"customer_id": c, "delta": 1})
-                        for c in customers
-                        for client in clients
-                    )
-                ),
-                timeout=120,
-            )
-        finally:
-            for client in clients:
-                await client.aclose()
-
     sleep_until(at, margin_s=-0.05)
-    responses = asyncio.run(writes())
+    responses = at_once(
+        ticking,
+        lambda clients: (
+            client.post(ADJUST_PATH, json={"customer_id": c, "delta": 1})
+            for c in customers
+            for client in clients
+        ),
+    )
     assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
     with second.client() as api:
         for customer_id, credit_id in zip(customers, credits, strict=True):

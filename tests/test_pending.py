@@ -9,7 +9,6 @@ bounded, so a busy machine makes them slower, never wrong.
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from tests.support import (
     adjustment_of,
     assert_error,
     assert_verify,
+    at_once,
     backends_on_one_database,
     balance_body,
     eventually,
@@ -41,7 +41,6 @@ from tests.support import (
     new_customer,
     ok,
     post_json,
-    sleep_until,
     user_id,
     whole_ledger,
 )
@@ -385,32 +384,14 @@ def test_two_schedulers_and_a_manual_release_release_once(ticking: list[Backend]
         at = iso_in(2.0)
         made = [hold(api, customer_id, n, release_at=at) for n in range(1, 7)]
 
-    async def race() -> list[httpx.Response]:
-        clients = [
-            httpx.AsyncClient(
-                base_url=s.server.base_url,
-                headers={"Authorization": f"Bearer {s.token}"},
-                timeout=60,
-            )
-            for s in ticking
-        ]
-        try:
-            return await asyncio.wait_for(
-                asyncio.gather(
-                    *(
-                        client.post(f"{PENDING_PATH}/{p['id']}/release", json={})
-                        for p in made
-                        for client in clients
-                    )
-                ),
-                timeout=120,
-            )
-        finally:
-            for client in clients:
-                await client.aclose()
-
-    sleep_until(at)
-    responses = asyncio.run(race())
+    responses = at_once(
+        ticking,
+        lambda clients: (
+            client.post(f"{PENDING_PATH}/{p['id']}/release", json={})
+            for p in made
+            for client in clients
+        ),
+    )
     assert {r.status_code for r in responses} <= {200, 409}, [r.text for r in responses]
     with second.client() as api:
         admin = user_id(second.server)
@@ -468,31 +449,14 @@ def test_releases_and_voids_at_once_from_two_servers_have_one_winner(
         customer_id = new_customer(api)["id"]
         made = [hold(api, customer_id, n) for n in (1, 2, 4, 8, 16)]
 
-    async def race() -> list[httpx.Response]:
-        clients = [
-            httpx.AsyncClient(
-                base_url=s.server.base_url,
-                headers={"Authorization": f"Bearer {s.token}"},
-                timeout=60,
-            )
-            for s in ticking
-        ]
-        try:
-            return await asyncio.wait_for(
-                asyncio.gather(
-                    *(
-                        clients[n % 2].post(f"{PENDING_PATH}/{p['id']}/{action}", json={})
-                        for p in made
-                        for n, action in enumerate(("release", "void") * 3)
-                    )
-                ),
-                timeout=120,
-            )
-        finally:
-            for client in clients:
-                await client.aclose()
-
-    responses = asyncio.run(race())
+    responses = at_once(
+        ticking,
+        lambda clients: (
+            clients[n % 2].post(f"{PENDING_PATH}/{p['id']}/{action}", json={})
+            for p in made
+            for n, action in enumerate(("release", "void") * 3)
+        ),
+    )
     with ticking[1].client() as api:
         history = full_history(api, customer_id)
         expected_balance = 0
