@@ -56,48 +56,32 @@ from hypothesis.stateful import (
 )
 
 from tests.conftest import backend_fixture
-from tests.support import ADMIN_EMAIL, ADMIN_PASSWORD, Backend, assert_verify, chained_hash, iso_in
+from tests.support import (
+    ADJ_ID,
+    ADJUSTMENT_FIELDS,
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    HASH,
+    PENDING_FIELDS,
+    PND_ID,
+    TIMESTAMP,
+    Backend,
+    assert_verify,
+    chained_hash,
+    iso_in,
+)
 
 EXAMPLES = int(os.environ.get("LOYALTY_STATEFUL_EXAMPLES", "20"))
 STEPS = int(os.environ.get("LOYALTY_STATEFUL_STEPS", "30"))
 ADJUST = "/admin/loyalty/points/adjust"
 DELTA_MESSAGE = "delta must be a non-zero number"
-ADJ_ID = re.compile(r"^adj_[0-9A-HJKMNP-TV-Z]{26}$")
-TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 PAGE = 100
 # Every customer is checked after every step while there are at most this many.
 CHECK_ALL_UP_TO = 6
 HISTORY_ITEM_KEYS = {"id", "delta", "reason", "balance_after", "created_at"}
 ADJUST_KEYS = {"id", "customer_id", "balance_after", "updated_at"}
-ADJUSTMENT_KEYS = HISTORY_ITEM_KEYS | {
-    "customer_id",
-    "type",
-    "reference",
-    "metadata",
-    "expires_at",
-    "reverses",
-    "pending_id",
-    "created_by",
-    "hash",
-}
 BALANCE_KEYS = {"customer_id", "balance", "updated_at", "pending", "next_expiration"}
-PENDING_KEYS = {
-    "id",
-    "customer_id",
-    "points",
-    "reason",
-    "reference",
-    "metadata",
-    "expires_at",
-    "release_at",
-    "status",
-    "adjustment_id",
-    "created_at",
-    "updated_at",
-}
-HASH = re.compile(r"^[0-9a-f]{64}$")
-PND_ID = re.compile(r"^pnd_[0-9A-HJKMNP-TV-Z]{26}$")
 # The server's scheduler runs this often; whatever falls due within GUARD_MS of a step is
 # waited for (and recorded by the scheduler) before the step, so that no step races it.
 SCHEDULER_INTERVAL = "0.1"
@@ -604,7 +588,7 @@ class LedgerMachine(RuleBasedStateMachine):
             assert item["created_at"] == entry.created_at, item
             if set(item) == HISTORY_ITEM_KEYS:
                 continue  # the seed's item, in the adjust response
-            assert set(item) == ADJUSTMENT_KEYS, item
+            assert set(item) == ADJUSTMENT_FIELDS, item
             assert item["customer_id"] == customer_id, item
             expected_fields = {
                 "type": entry.type,
@@ -721,7 +705,7 @@ class LedgerMachine(RuleBasedStateMachine):
         body = loads(response.text)
         assert set(body) == {"adjustment"}, body
         detail: dict[str, Any] = body["adjustment"]
-        assert set(detail) == ADJUSTMENT_KEYS | {"reversed_points"}, detail
+        assert set(detail) == ADJUSTMENT_FIELDS | {"reversed_points"}, detail
         assert detail["id"] == adjustment_id
         return detail
 
@@ -1147,7 +1131,7 @@ class LedgerMachine(RuleBasedStateMachine):
         response = self._request("POST", "/admin/loyalty/pending", json=body)
         assert response.status_code == 200, response.text
         pending = loads(response.text)["pending"]
-        assert set(pending) == PENDING_KEYS, pending
+        assert set(pending) == PENDING_FIELDS, pending
         assert PND_ID.match(pending["id"]), pending
         assert pending["status"] == "pending" and pending["adjustment_id"] is None, pending
         assert_points(pending["points"], amount, "points")
@@ -1188,7 +1172,7 @@ class LedgerMachine(RuleBasedStateMachine):
             return
         assert response.status_code == 200, response.text
         pending = loads(response.text)["pending"]
-        assert set(pending) == PENDING_KEYS, pending
+        assert set(pending) == PENDING_FIELDS, pending
         if action == "void":
             assert pending["status"] == "voided" and pending["adjustment_id"] is None, pending
             held.status = "voided"
