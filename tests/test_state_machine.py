@@ -532,7 +532,8 @@ class LedgerMachine(RuleBasedStateMachine):
         if ledger:
             assert result["id"] > ledger[-1].id, "ids must strictly increase"
             assert result["updated_at"] >= ledger[-1].created_at, "time must not go back"
-        ledger.append(
+        self._record(
+            customer_id,
             Entry(
                 result["id"],
                 delta,
@@ -542,10 +543,8 @@ class LedgerMachine(RuleBasedStateMachine):
                 reference=extra.get("reference"),
                 metadata=extra.get("metadata"),
                 expires_at=extra.get("expires_at"),
-            )
+            ),
         )
-        if extra.get("reference") is not None:
-            self.references[customer_id][extra["reference"]] = result["id"]
         if history in ("true", "1"):
             self._check_items(customer_id, result["history"], newest_first=True, limit=20)
             assert result["history"][0]["id"] == result["id"]
@@ -553,6 +552,12 @@ class LedgerMachine(RuleBasedStateMachine):
         else:
             assert "history" not in result, "no history key without include_history"
         return query, body, response
+
+    def _record(self, customer_id: str, entry: Entry) -> None:
+        """`entry` last in the customer's ledger, and its reference (if any) taken by it."""
+        self.ledgers[customer_id].append(entry)
+        if entry.reference is not None:
+            self.references[customer_id][entry.reference] = entry.id
 
     def _check_items(
         self,
@@ -1265,7 +1270,8 @@ class LedgerMachine(RuleBasedStateMachine):
             assert adjustment["customer_id"] == customer, adjustment
             assert_points(adjustment["balance_after"], self._balance(customer) + delta, "bulk")
             assert not ledger or adjustment["id"] > ledger[-1].id, adjustment
-            ledger.append(
+            self._record(
+                customer,
                 Entry(
                     adjustment["id"],
                     delta,
@@ -1274,10 +1280,8 @@ class LedgerMachine(RuleBasedStateMachine):
                     created_by=self.admin_id,
                     reference=body.get("reference"),
                     expires_at=body.get("expires_at"),
-                )
+                ),
             )
-            if "reference" in body:
-                self.references[customer][body["reference"]] = adjustment["id"]
 
     @rule(customer=customers, pick=st.integers(0, 1000), shift_ms=st.sampled_from([-1, 0, 1]))
     def read_balance_as_of(self, customer: str, pick: int, shift_ms: int) -> None:
