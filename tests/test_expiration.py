@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
+from tests.conftest import TICK
 from tests.support import (
     ADJUST_PATH,
     ADJUSTMENT_FIELDS,
@@ -27,7 +28,6 @@ from tests.support import (
     assert_error,
     assert_verify,
     at_once,
-    backends_on_one_database,
     balance_body,
     decoded,
     eventually,
@@ -44,25 +44,9 @@ from tests.support import (
 if TYPE_CHECKING:
     from tests.conftest import DatabaseFactory
 
-TICK = "0.2"
 WAIT_S = 30.0  # the most any expiration may take to be recorded, on a very busy machine
 CREDIT = 100_000
 SOON_S = 1.5  # how far ahead a credit that must expire during the test expires
-
-
-@pytest.fixture(scope="module")
-def ticking(
-    databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[list[Backend]]:
-    """Two server processes on one fresh database, each with its scheduler ticking every
-    0.2 s. Whatever the file's tests did, every ledger invariant holds after."""
-    url = databases.new_url()
-    workdir = tmp_path_factory.mktemp(f"expiration-{databases.kind}")
-    with backends_on_one_database(
-        databases.kind, url, workdir, LOYALTY_SCHEDULER_INTERVAL_SECONDS=TICK
-    ) as servers:
-        yield servers
-    assert_verify(url)
 
 
 @pytest.fixture

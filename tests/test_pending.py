@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import pytest
@@ -31,9 +31,7 @@ from tests.support import (
     adjust_with,
     adjustment_of,
     assert_error,
-    assert_verify,
     at_once,
-    backends_on_one_database,
     balance_body,
     eventually,
     full_history,
@@ -45,27 +43,8 @@ from tests.support import (
     whole_ledger,
 )
 
-if TYPE_CHECKING:
-    from tests.conftest import DatabaseFactory
-
-TICK = "0.2"
 WAIT_S = 30.0  # the most a due release may take to happen, on a very busy machine
 LATER = 86400.0  # a release_at that stays ahead for the whole test
-
-
-@pytest.fixture(scope="module")
-def ticking(
-    databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[list[Backend]]:
-    """Two server processes on one fresh database, each with its scheduler ticking every
-    0.2 s. Whatever the file's tests did, every ledger invariant holds after."""
-    url = databases.new_url()
-    workdir = tmp_path_factory.mktemp(f"pending-{databases.kind}")
-    with backends_on_one_database(
-        databases.kind, url, workdir, LOYALTY_SCHEDULER_INTERVAL_SECONDS=TICK
-    ) as servers:
-        yield servers
-    assert_verify(url)
 
 
 @pytest.fixture
