@@ -159,6 +159,15 @@ def pg_server_pair(
         yield ServerPair(url, first, second, login(first, ADMIN_EMAIL, ADMIN_PASSWORD))
 
 
+@pytest.fixture
+def launched() -> Iterator[list[Server]]:
+    """Every server a test launches; whatever is still running at the end is stopped."""
+    servers: list[Server] = []
+    yield servers
+    for server in servers:
+        server.stop()
+
+
 TICK = "0.2"  # how often the ticking servers' schedulers run, in seconds
 
 
