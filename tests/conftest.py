@@ -26,6 +26,7 @@ from tests.support import (
     Backend,
     Server,
     assert_verify,
+    backends_on_one_database,
     login,
 )
 
@@ -156,6 +157,33 @@ def pg_server_pair(
         Server.start(url, workdir, workers=CLUSTER_WORKERS) as second,
     ):
         yield ServerPair(url, first, second, login(first, ADMIN_EMAIL, ADMIN_PASSWORD))
+
+
+@pytest.fixture
+def launched() -> Iterator[list[Server]]:
+    """Every server a test launches; whatever is still running at the end is stopped."""
+    servers: list[Server] = []
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+TICK = "0.2"  # how often the ticking servers' schedulers run, in seconds
+
+
+@pytest.fixture(scope="module")
+def ticking(
+    databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[Backend]]:
+    """Two server processes on one fresh database, each with its scheduler ticking every
+    0.2 s. Whatever the file's tests did, every ledger invariant holds after."""
+    url = databases.new_url()
+    workdir = tmp_path_factory.mktemp(f"ticking-{databases.kind}")
+    with backends_on_one_database(
+        databases.kind, url, workdir, LOYALTY_SCHEDULER_INTERVAL_SECONDS=TICK
+    ) as servers:
+        yield servers
+    assert_verify(url)
 
 
 @pytest.fixture

@@ -16,7 +16,15 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import ExitStack, asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -269,6 +277,31 @@ class Backend:
     def user_token(self, *scopes: str) -> str:
         """A token for a new admin user holding exactly `scopes`."""
         return self.new_user(*scopes)[1]
+
+
+def at_once(
+    backends: Sequence[Backend],
+    calls: Callable[[list[httpx.AsyncClient]], Iterable[Awaitable[T]]],
+) -> list[T]:
+    """The requests that `calls` makes, given one async client a backend (its admin token, 60 s
+    a request), sent all at once: their answers in order, within 120 s in all."""
+
+    async def main() -> list[T]:
+        clients = [
+            httpx.AsyncClient(
+                base_url=backend.server.base_url,
+                headers={"Authorization": f"Bearer {backend.token}"},
+                timeout=60,
+            )
+            for backend in backends
+        ]
+        try:
+            return await asyncio.wait_for(asyncio.gather(*calls(clients)), timeout=120)
+        finally:
+            for client in clients:
+                await client.aclose()
+
+    return asyncio.run(main())
 
 
 def decoded(response: httpx.Response) -> Any:

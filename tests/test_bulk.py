@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -270,14 +269,6 @@ class Sent:
     refused: set[str] = field(default_factory=set)
     statuses: Counter[object] = field(default_factory=Counter)
     bad: list[str] = field(default_factory=list)
-
-
-@pytest.fixture
-def launched() -> Iterator[list[Server]]:
-    servers: list[Server] = []
-    yield servers
-    for server in servers:
-        server.stop()
 
 
 def bulk_body(tag: str, customers: list[str]) -> dict[str, Any]:

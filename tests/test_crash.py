@@ -14,7 +14,7 @@ import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -85,15 +85,6 @@ def site(databases: DatabaseFactory, tmp_path: Path) -> Site:
 
 def launch(site: Site) -> Server:
     return Server.launch(site.url, site.workdir, workers=WORKERS)
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    """Every server a test launches; whatever is still running at the end is stopped."""
-    launched: list[Server] = []
-    yield launched
-    for server in launched:
-        server.stop()
 
 
 def new_customers(server: Server, token: str, count: int) -> list[str]:
@@ -220,16 +211,16 @@ def check_after_restart(server: Server, token: str, customers: Sequence[str], ta
 
 
 def test_sigkill_under_load_loses_no_acknowledged_adjustment(
-    site: Site, servers: list[Server]
+    site: Site, launched: list[Server]
 ) -> None:
     """SIGKILL of every server process mid-load, 3 times: no 200 is lost, nothing is invented."""
-    servers.append(launch(site))
-    token = login(servers[-1], ADMIN_EMAIL, ADMIN_PASSWORD)
-    customers = new_customers(servers[-1], token, CUSTOMERS)
+    launched.append(launch(site))
+    token = login(launched[-1], ADMIN_EMAIL, ADMIN_PASSWORD)
+    customers = new_customers(launched[-1], token, CUSTOMERS)
     tally = Tally()
     print()
     for round_number in range(1, KILL_ROUNDS + 1):
-        server = servers[-1]
+        server = launched[-1]
         before = sum(tally.statuses.values())
         errors_before = len(tally.errors)
         killed_at, _took = asyncio.run(load_then(server, token, customers, tally, "kill"))
@@ -238,8 +229,8 @@ def test_sigkill_under_load_loses_no_acknowledged_adjustment(
         early = [message for at, message in tally.errors[errors_before:] if at < killed_at]
         assert not early, (f"transport errors before the kill: {early[:5]}", log_tail(server))
 
-        servers.append(launch(site))  # the restart: same database, a new process group
-        figures = check_after_restart(servers[-1], token, customers, tally)
+        launched.append(launch(site))  # the restart: same database, a new process group
+        figures = check_after_restart(launched[-1], token, customers, tally)
         print(
             f"[{site.kind}] kill round {round_number}:"
             f" {sum(tally.statuses.values()) - before} responses this round,"
@@ -252,11 +243,11 @@ def test_sigkill_under_load_loses_no_acknowledged_adjustment(
 
 
 def test_sigterm_under_load_finishes_in_flight_requests_and_exits_0(
-    site: Site, servers: list[Server]
+    site: Site, launched: list[Server]
 ) -> None:
     """SIGTERM mid-load: the server exits 0 by itself, every response it sent was a 200."""
     server = launch(site)
-    servers.append(server)
+    launched.append(server)
     token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
     customers = new_customers(server, token, CUSTOMERS)
     tally = Tally()
@@ -277,8 +268,8 @@ def test_sigterm_under_load_finishes_in_flight_requests_and_exits_0(
     assert set(tally.statuses) == {200}, (tally.bad_responses[:5], log_tail(server))
     assert "Traceback" not in server.log(), log_tail(server)
 
-    servers.append(launch(site))
-    figures = check_after_restart(servers[-1], token, customers, tally)
+    launched.append(launch(site))
+    figures = check_after_restart(launched[-1], token, customers, tally)
     print(f"[{site.kind}] after SIGTERM and restart: {figures}")
     assert_verify(site.url)
 

@@ -10,7 +10,6 @@ bounded, so a busy machine makes them slower, never wrong.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
+from tests.conftest import TICK
 from tests.support import (
     ADJUST_PATH,
     ADJUSTMENT_FIELDS,
@@ -27,7 +27,7 @@ from tests.support import (
     adjust_with,
     assert_error,
     assert_verify,
-    backends_on_one_database,
+    at_once,
     balance_body,
     decoded,
     eventually,
@@ -44,25 +44,9 @@ from tests.support import (
 if TYPE_CHECKING:
     from tests.conftest import DatabaseFactory
 
-TICK = "0.2"
 WAIT_S = 30.0  # the most any expiration may take to be recorded, on a very busy machine
 CREDIT = 100_000
 SOON_S = 1.5  # how far ahead a credit that must expire during the test expires
-
-
-@pytest.fixture(scope="module")
-def ticking(
-    databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[list[Backend]]:
-    """Two server processes on one fresh database, each with its scheduler ticking every
-    0.2 s. Whatever the file's tests did, every ledger invariant holds after."""
-    url = databases.new_url()
-    workdir = tmp_path_factory.mktemp(f"expiration-{databases.kind}")
-    with backends_on_one_database(
-        databases.kind, url, workdir, LOYALTY_SCHEDULER_INTERVAL_SECONDS=TICK
-    ) as servers:
-        yield servers
-    assert_verify(url)
 
 
 @pytest.fixture
@@ -293,32 +277,15 @@ def test_two_servers_record_each_expiration_once(ticking: list[Backend]) -> None
         at = iso_in(SOON_S + 1.0)
         credits = [adjust_with(api, c, 10, expires_at=at)["id"] for c in customers]
 
-    async def writes() -> list[httpx.Response]:
-        clients = [
-            httpx.AsyncClient(
-                base_url=s.server.base_url,
-                headers={"Authorization": f"Bearer {s.token}"},
-                timeout=60,
-            )
-            for s in ticking
-        ]
-        try:
-            return await asyncio.wait_for(
-                asyncio.gather(
-                    *(
-                        client.post(ADJUST_PATH, json={"customer_id": c, "delta": 1})
-                        for c in customers
-                        for client in clients
-                    )
-                ),
-                timeout=120,
-            )
-        finally:
-            for client in clients:
-                await client.aclose()
-
     sleep_until(at, margin_s=-0.05)
-    responses = asyncio.run(writes())
+    responses = at_once(
+        ticking,
+        lambda clients: (
+            client.post(ADJUST_PATH, json={"customer_id": c, "delta": 1})
+            for c in customers
+            for client in clients
+        ),
+    )
     assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
     with second.client() as api:
         for customer_id, credit_id in zip(customers, credits, strict=True):

@@ -11,25 +11,17 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import ADJ_ID, BAD_PAGING, TIMESTAMP, Backend, adjust, new_customer, paging_id
+from tests.support import (
+    ADJ_ID,
+    ADJUSTMENT_FIELDS,
+    BAD_PAGING,
+    TIMESTAMP,
+    Backend,
+    adjust,
+    new_customer,
+    paging_id,
+)
 
-# The history route adds the acting user to the seed's item shape.
-ITEM_KEYS = {
-    "id",
-    "delta",
-    "reason",
-    "balance_after",
-    "created_at",
-    "created_by",
-    "customer_id",
-    "type",
-    "reference",
-    "metadata",
-    "expires_at",
-    "reverses",
-    "pending_id",
-    "hash",
-}
 # Without pending points or expiring credits, the balance's own additions are empty.
 NOTHING_PENDING = {"pending": 0, "next_expiration": None}
 GTE = "created_at[gte]"
@@ -169,7 +161,7 @@ def test_history_is_newest_first_by_default(api: httpx.Client) -> None:
     assert [item["reason"] for item in items] == ["r3", "r2", "r1", "r0"]
     assert [item["balance_after"] for item in items] == [10, 6, 3, 1]
     for item in items:
-        assert set(item) == ITEM_KEYS
+        assert set(item) == ADJUSTMENT_FIELDS
         assert item["created_by"].startswith("user_")
         assert ADJ_ID.match(item["id"])
         assert TIMESTAMP.match(item["created_at"])

@@ -4,15 +4,12 @@ and from a database holding a ledger written before adjustments had types and ha
 from __future__ import annotations
 
 import ast
-import asyncio
 import re
-import sqlite3
 import subprocess
 import sys
 from decimal import Decimal
 from pathlib import Path
 
-import asyncpg
 from ulid import ULID
 
 from tests.conftest import DatabaseFactory
@@ -74,44 +71,14 @@ def assert_schema_is_what_the_service_uses(url: str) -> None:
 
 def table_names(url: str) -> set[str]:
     if url.startswith("sqlite:///"):
-        conn = sqlite3.connect(url.removeprefix("sqlite:///"))
-        try:
-            rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-        finally:
-            conn.close()
-        return {row[0] for row in rows}
-
-    async def run() -> set[str]:
-        conn = await asyncpg.connect(url, timeout=10)
-        try:
-            rows = await conn.fetch(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
-            )
-        finally:
-            await conn.close()
-        return {row[0] for row in rows}
-
-    return asyncio.run(run())
+        query = "SELECT name FROM sqlite_master WHERE type = 'table'"
+    else:
+        query = "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+    return {row[0] for row in sql(url, query)}
 
 
 def recorded_versions(url: str) -> list[str]:
-    if url.startswith("sqlite:///"):
-        conn = sqlite3.connect(url.removeprefix("sqlite:///"))
-        try:
-            rows = conn.execute("SELECT version_num FROM alembic_version").fetchall()
-        finally:
-            conn.close()
-        return [row[0] for row in rows]
-
-    async def run() -> list[str]:
-        conn = await asyncpg.connect(url, timeout=10)
-        try:
-            rows = await conn.fetch("SELECT version_num FROM alembic_version")
-        finally:
-            await conn.close()
-        return [row[0] for row in rows]
-
-    return asyncio.run(run())
+    return [row[0] for row in sql(url, "SELECT version_num FROM alembic_version")]
 
 
 def script_revisions() -> dict[str, str | None]:

@@ -9,12 +9,11 @@ bounded, so a busy machine makes them slower, never wrong.
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import pytest
@@ -32,8 +31,7 @@ from tests.support import (
     adjust_with,
     adjustment_of,
     assert_error,
-    assert_verify,
-    backends_on_one_database,
+    at_once,
     balance_body,
     eventually,
     full_history,
@@ -41,32 +39,12 @@ from tests.support import (
     new_customer,
     ok,
     post_json,
-    sleep_until,
     user_id,
     whole_ledger,
 )
 
-if TYPE_CHECKING:
-    from tests.conftest import DatabaseFactory
-
-TICK = "0.2"
 WAIT_S = 30.0  # the most a due release may take to happen, on a very busy machine
 LATER = 86400.0  # a release_at that stays ahead for the whole test
-
-
-@pytest.fixture(scope="module")
-def ticking(
-    databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[list[Backend]]:
-    """Two server processes on one fresh database, each with its scheduler ticking every
-    0.2 s. Whatever the file's tests did, every ledger invariant holds after."""
-    url = databases.new_url()
-    workdir = tmp_path_factory.mktemp(f"pending-{databases.kind}")
-    with backends_on_one_database(
-        databases.kind, url, workdir, LOYALTY_SCHEDULER_INTERVAL_SECONDS=TICK
-    ) as servers:
-        yield servers
-    assert_verify(url)
 
 
 @pytest.fixture
@@ -385,32 +363,14 @@ def test_two_schedulers_and_a_manual_release_release_once(ticking: list[Backend]
         at = iso_in(2.0)
         made = [hold(api, customer_id, n, release_at=at) for n in range(1, 7)]
 
-    async def race() -> list[httpx.Response]:
-        clients = [
-            httpx.AsyncClient(
-                base_url=s.server.base_url,
-                headers={"Authorization": f"Bearer {s.token}"},
-                timeout=60,
-            )
-            for s in ticking
-        ]
-        try:
-            return await asyncio.wait_for(
-                asyncio.gather(
-                    *(
-                        client.post(f"{PENDING_PATH}/{p['id']}/release", json={})
-                        for p in made
-                        for client in clients
-                    )
-                ),
-                timeout=120,
-            )
-        finally:
-            for client in clients:
-                await client.aclose()
-
-    sleep_until(at)
-    responses = asyncio.run(race())
+    responses = at_once(
+        ticking,
+        lambda clients: (
+            client.post(f"{PENDING_PATH}/{p['id']}/release", json={})
+            for p in made
+            for client in clients
+        ),
+    )
     assert {r.status_code for r in responses} <= {200, 409}, [r.text for r in responses]
     with second.client() as api:
         admin = user_id(second.server)
@@ -468,31 +428,14 @@ def test_releases_and_voids_at_once_from_two_servers_have_one_winner(
         customer_id = new_customer(api)["id"]
         made = [hold(api, customer_id, n) for n in (1, 2, 4, 8, 16)]
 
-    async def race() -> list[httpx.Response]:
-        clients = [
-            httpx.AsyncClient(
-                base_url=s.server.base_url,
-                headers={"Authorization": f"Bearer {s.token}"},
-                timeout=60,
-            )
-            for s in ticking
-        ]
-        try:
-            return await asyncio.wait_for(
-                asyncio.gather(
-                    *(
-                        clients[n % 2].post(f"{PENDING_PATH}/{p['id']}/{action}", json={})
-                        for p in made
-                        for n, action in enumerate(("release", "void") * 3)
-                    )
-                ),
-                timeout=120,
-            )
-        finally:
-            for client in clients:
-                await client.aclose()
-
-    responses = asyncio.run(race())
+    responses = at_once(
+        ticking,
+        lambda clients: (
+            clients[n % 2].post(f"{PENDING_PATH}/{p['id']}/{action}", json={})
+            for p in made
+            for n, action in enumerate(("release", "void") * 3)
+        ),
+    )
     with ticking[1].client() as api:
         history = full_history(api, customer_id)
         expected_balance = 0

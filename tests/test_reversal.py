@@ -5,7 +5,6 @@ reversing more than the credit. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from tests.support import (
     adjustment_of,
     assert_error,
     assert_verify,
+    at_once,
     backends_on_one_database,
     balance_body,
     decoded,
@@ -263,33 +263,17 @@ def test_concurrent_reversals_from_two_servers_never_exceed_the_credit(
     with first.client() as api:
         customer_id, credit = funded(api, 100)
 
-    async def main() -> list[httpx.Response | httpx.TransportError]:
-        clients = [
-            httpx.AsyncClient(
-                base_url=server.server.base_url,
-                headers={"Authorization": f"Bearer {server.token}"},
-                timeout=60,
-            )
-            for server in two_servers
-        ]
-
-        async def one(n: int) -> httpx.Response | httpx.TransportError:
-            try:
-                return await clients[n % 2].post(
-                    f"{ADJUSTMENTS_PATH}/{credit}/reverse", json={"points": PART}
-                )
-            except httpx.TransportError as error:
-                return error
-
+    async def one(
+        clients: list[httpx.AsyncClient], n: int
+    ) -> httpx.Response | httpx.TransportError:
         try:
-            return await asyncio.wait_for(
-                asyncio.gather(*(one(n) for n in range(REVERSALS))), timeout=120
+            return await clients[n % 2].post(
+                f"{ADJUSTMENTS_PATH}/{credit}/reverse", json={"points": PART}
             )
-        finally:
-            for client in clients:
-                await client.aclose()
+        except httpx.TransportError as error:
+            return error
 
-    responses = asyncio.run(main())
+    responses = at_once(two_servers, lambda clients: (one(clients, n) for n in range(REVERSALS)))
     counts = statuses(responses)
     assert counts[200] == 100 // PART, (counts, log_tail(first.server, second.server))
     assert set(counts) <= {200, 400, 409}, (counts, log_tail(first.server, second.server))
@@ -325,30 +309,12 @@ def test_concurrent_full_reversals_record_one(two_servers: list[Backend]) -> Non
     with two_servers[0].client() as api:
         customer_id, credit = funded(api, 50)
 
-    async def main() -> list[httpx.Response]:
-        clients = [
-            httpx.AsyncClient(
-                base_url=server.server.base_url,
-                headers={"Authorization": f"Bearer {server.token}"},
-                timeout=60,
-            )
-            for server in two_servers
-        ]
-        try:
-            return await asyncio.wait_for(
-                asyncio.gather(
-                    *(
-                        clients[n % 2].post(f"{ADJUSTMENTS_PATH}/{credit}/reverse", json={})
-                        for n in range(10)
-                    )
-                ),
-                timeout=120,
-            )
-        finally:
-            for client in clients:
-                await client.aclose()
-
-    responses = asyncio.run(main())
+    responses = at_once(
+        two_servers,
+        lambda clients: (
+            clients[n % 2].post(f"{ADJUSTMENTS_PATH}/{credit}/reverse", json={}) for n in range(10)
+        ),
+    )
     assert Counter(r.status_code for r in responses) == Counter({200: 1, 409: 9}), [
         r.text for r in responses
     ]

@@ -56,48 +56,32 @@ from hypothesis.stateful import (
 )
 
 from tests.conftest import backend_fixture
-from tests.support import ADMIN_EMAIL, ADMIN_PASSWORD, Backend, assert_verify, chained_hash, iso_in
+from tests.support import (
+    ADJ_ID,
+    ADJUSTMENT_FIELDS,
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    HASH,
+    PENDING_FIELDS,
+    PND_ID,
+    TIMESTAMP,
+    Backend,
+    assert_verify,
+    chained_hash,
+    iso_in,
+)
 
 EXAMPLES = int(os.environ.get("LOYALTY_STATEFUL_EXAMPLES", "20"))
 STEPS = int(os.environ.get("LOYALTY_STATEFUL_STEPS", "30"))
 ADJUST = "/admin/loyalty/points/adjust"
 DELTA_MESSAGE = "delta must be a non-zero number"
-ADJ_ID = re.compile(r"^adj_[0-9A-HJKMNP-TV-Z]{26}$")
-TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 PAGE = 100
 # Every customer is checked after every step while there are at most this many.
 CHECK_ALL_UP_TO = 6
 HISTORY_ITEM_KEYS = {"id", "delta", "reason", "balance_after", "created_at"}
 ADJUST_KEYS = {"id", "customer_id", "balance_after", "updated_at"}
-ADJUSTMENT_KEYS = HISTORY_ITEM_KEYS | {
-    "customer_id",
-    "type",
-    "reference",
-    "metadata",
-    "expires_at",
-    "reverses",
-    "pending_id",
-    "created_by",
-    "hash",
-}
 BALANCE_KEYS = {"customer_id", "balance", "updated_at", "pending", "next_expiration"}
-PENDING_KEYS = {
-    "id",
-    "customer_id",
-    "points",
-    "reason",
-    "reference",
-    "metadata",
-    "expires_at",
-    "release_at",
-    "status",
-    "adjustment_id",
-    "created_at",
-    "updated_at",
-}
-HASH = re.compile(r"^[0-9a-f]{64}$")
-PND_ID = re.compile(r"^pnd_[0-9A-HJKMNP-TV-Z]{26}$")
 # The server's scheduler runs this often; whatever falls due within GUARD_MS of a step is
 # waited for (and recorded by the scheduler) before the step, so that no step races it.
 SCHEDULER_INTERVAL = "0.1"
@@ -548,7 +532,8 @@ class LedgerMachine(RuleBasedStateMachine):
         if ledger:
             assert result["id"] > ledger[-1].id, "ids must strictly increase"
             assert result["updated_at"] >= ledger[-1].created_at, "time must not go back"
-        ledger.append(
+        self._record(
+            customer_id,
             Entry(
                 result["id"],
                 delta,
@@ -558,10 +543,8 @@ class LedgerMachine(RuleBasedStateMachine):
                 reference=extra.get("reference"),
                 metadata=extra.get("metadata"),
                 expires_at=extra.get("expires_at"),
-            )
+            ),
         )
-        if extra.get("reference") is not None:
-            self.references[customer_id][extra["reference"]] = result["id"]
         if history in ("true", "1"):
             self._check_items(customer_id, result["history"], newest_first=True, limit=20)
             assert result["history"][0]["id"] == result["id"]
@@ -569,6 +552,12 @@ class LedgerMachine(RuleBasedStateMachine):
         else:
             assert "history" not in result, "no history key without include_history"
         return query, body, response
+
+    def _record(self, customer_id: str, entry: Entry) -> None:
+        """`entry` last in the customer's ledger, and its reference (if any) taken by it."""
+        self.ledgers[customer_id].append(entry)
+        if entry.reference is not None:
+            self.references[customer_id][entry.reference] = entry.id
 
     def _check_items(
         self,
@@ -604,7 +593,7 @@ class LedgerMachine(RuleBasedStateMachine):
             assert item["created_at"] == entry.created_at, item
             if set(item) == HISTORY_ITEM_KEYS:
                 continue  # the seed's item, in the adjust response
-            assert set(item) == ADJUSTMENT_KEYS, item
+            assert set(item) == ADJUSTMENT_FIELDS, item
             assert item["customer_id"] == customer_id, item
             expected_fields = {
                 "type": entry.type,
@@ -721,7 +710,7 @@ class LedgerMachine(RuleBasedStateMachine):
         body = loads(response.text)
         assert set(body) == {"adjustment"}, body
         detail: dict[str, Any] = body["adjustment"]
-        assert set(detail) == ADJUSTMENT_KEYS | {"reversed_points"}, detail
+        assert set(detail) == ADJUSTMENT_FIELDS | {"reversed_points"}, detail
         assert detail["id"] == adjustment_id
         return detail
 
@@ -1147,7 +1136,7 @@ class LedgerMachine(RuleBasedStateMachine):
         response = self._request("POST", "/admin/loyalty/pending", json=body)
         assert response.status_code == 200, response.text
         pending = loads(response.text)["pending"]
-        assert set(pending) == PENDING_KEYS, pending
+        assert set(pending) == PENDING_FIELDS, pending
         assert PND_ID.match(pending["id"]), pending
         assert pending["status"] == "pending" and pending["adjustment_id"] is None, pending
         assert_points(pending["points"], amount, "points")
@@ -1188,7 +1177,7 @@ class LedgerMachine(RuleBasedStateMachine):
             return
         assert response.status_code == 200, response.text
         pending = loads(response.text)["pending"]
-        assert set(pending) == PENDING_KEYS, pending
+        assert set(pending) == PENDING_FIELDS, pending
         if action == "void":
             assert pending["status"] == "voided" and pending["adjustment_id"] is None, pending
             held.status = "voided"
@@ -1281,7 +1270,8 @@ class LedgerMachine(RuleBasedStateMachine):
             assert adjustment["customer_id"] == customer, adjustment
             assert_points(adjustment["balance_after"], self._balance(customer) + delta, "bulk")
             assert not ledger or adjustment["id"] > ledger[-1].id, adjustment
-            ledger.append(
+            self._record(
+                customer,
                 Entry(
                     adjustment["id"],
                     delta,
@@ -1290,10 +1280,8 @@ class LedgerMachine(RuleBasedStateMachine):
                     created_by=self.admin_id,
                     reference=body.get("reference"),
                     expires_at=body.get("expires_at"),
-                )
+                ),
             )
-            if "reference" in body:
-                self.references[customer][body["reference"]] = adjustment["id"]
 
     @rule(customer=customers, pick=st.integers(0, 1000), shift_ms=st.sampled_from([-1, 0, 1]))
     def read_balance_as_of(self, customer: str, pick: int, shift_ms: int) -> None:

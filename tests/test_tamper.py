@@ -223,6 +223,22 @@ def assert_broken(url: str, customer_id: str, *checks: tuple[str, ...]) -> Verif
     return report
 
 
+def broken_by_reason(url: str, customer_id: str, item: dict[str, Any], reason: str) -> VerifyReport:
+    """`item`'s reason rewritten to `reason`, verify's report (the hash chain among its failed
+    checks, per assert_broken), and the reason put back."""
+    with append_only_lifted(url):
+        sql(url, "UPDATE loyalty_adjustments SET reason = $2 WHERE id = $1", item["id"], reason)
+        try:
+            return assert_broken(url, customer_id, HASH_CHECK)
+        finally:
+            sql(
+                url,
+                "UPDATE loyalty_adjustments SET reason = $2 WHERE id = $1",
+                item["id"],
+                item["reason"],
+            )
+
+
 # --- a healthy ledger ----------------------------------------------------------------------
 
 
@@ -299,17 +315,7 @@ def test_an_edited_reason_breaks_only_the_hash_chain(service: Backend, api: http
     url = service.database_url
     customer_id, items = customer_with_ledger(api)
     edited = items[2]
-    with append_only_lifted(url):
-        sql(url, "UPDATE loyalty_adjustments SET reason = 'rewritten' WHERE id = $1", edited["id"])
-        try:
-            report = assert_broken(url, customer_id, HASH_CHECK)
-        finally:
-            sql(
-                url,
-                "UPDATE loyalty_adjustments SET reason = $2 WHERE id = $1",
-                edited["id"],
-                edited["reason"],
-            )
+    report = broken_by_reason(url, customer_id, edited, "rewritten")
     output = report.output
     assert len(report.failed) == 1, f"more than the hash chain failed:\n{output}"
     assert f"customer {customer_id} adjustment {edited['id']}" in output, output
@@ -378,17 +384,7 @@ def test_a_tampered_customer_is_the_only_one_named(
     customer_id = healthy.customer_ids[0]
     items = full_history(api, customer_id)
     target = next(item for item in items if item["type"] == "reversal")
-    with append_only_lifted(url):
-        sql(url, "UPDATE loyalty_adjustments SET reason = $2 WHERE id = $1", target["id"], "x")
-        try:
-            report = assert_broken(url, customer_id, HASH_CHECK)
-        finally:
-            sql(
-                url,
-                "UPDATE loyalty_adjustments SET reason = $2 WHERE id = $1",
-                target["id"],
-                target["reason"],
-            )
+    report = broken_by_reason(url, customer_id, target, "x")
     output = report.output
     assert len(report.failed) == 1, output
     assert first_links(report, customer_id) == [target["id"]], output
