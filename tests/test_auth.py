@@ -37,7 +37,14 @@ from tests.support import (
 )
 from tests.test_http_errors import watch_responses
 
-ALL_SCOPES = ("customers:read", "customers:write", "loyalty:read", "loyalty:write")
+ALL_SCOPES = (
+    "customers:read",
+    "customers:write",
+    "loyalty:read",
+    "loyalty:write",
+    "api_keys:write",
+    "webhooks:write",
+)
 REQUIRED = {"type": "unauthorized", "message": "Authentication required"}
 OTHER_SECRET = "another-secret-that-is-also-long-enough-for-hs256-9876543210"
 # Every customer this file makes has it in its email, and every list this file reads is

@@ -33,7 +33,14 @@ from tests.support import (
     user_create,
 )
 
-ALL_SCOPES = {"loyalty:read", "loyalty:write", "customers:read", "customers:write"}
+ALL_SCOPES = {
+    "loyalty:read",
+    "loyalty:write",
+    "customers:read",
+    "customers:write",
+    "api_keys:write",
+    "webhooks:write",
+}
 PASSWORD = "a long enough password 123"
 
 
