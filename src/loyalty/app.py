@@ -38,6 +38,8 @@ from loyalty.idempotency.keys import REPLAYED_HEADER
 from loyalty.ledger import routes as ledger_routes
 from loyalty.ledger import scheduler
 from loyalty.ledger.service import Ledger
+from loyalty.metrics import exposition as metrics_exposition
+from loyalty.metrics import routes as metrics_routes
 
 log = logging.getLogger("loyalty")
 
@@ -113,6 +115,7 @@ def route_table(ctx: AppContext) -> list[Endpoint]:
     """Every endpoint of the service: the router and the OpenAPI document are built from it."""
     table: list[Endpoint] = []
     table += health.endpoints(ctx)
+    table += metrics_routes.endpoints(ctx)
     table += docs.endpoints(lambda: openapi.document(table))
     table += auth_routes.endpoints(ctx)
     table += customer_routes.endpoints(ctx)
@@ -155,6 +158,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             # In-flight adjustments finish and are answered before the database closes.
             await ctx.ledger.stop()
             await ctx.db.close()
+            metrics_exposition.worker_stopping()
 
     table = route_table(ctx)
     app = _Service(

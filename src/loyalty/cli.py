@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -146,8 +149,6 @@ def _user_set_disabled(settings: Settings, email: str, disabled: bool) -> None:
 
 
 def _serve(settings: Settings, host: str, port: int, workers: int) -> None:
-    import uvicorn
-
     if not 1 <= workers <= 64:
         raise ValueError("--workers must be between 1 and 64")
     if not 0 < port < 65536:
@@ -161,6 +162,32 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> None:
     credentials = _with_db(settings, prepare)
     if credentials is not None:
         _announce_admin(*credentials)
+    metrics_dir = _fresh_metrics_dir()
+    try:
+        _run_uvicorn(settings, host, port, workers)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+# The variable prometheus_client reads, when first imported, to keep its figures in files.
+METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def _fresh_metrics_dir() -> str:
+    """A new private directory (mode 0700) for this run's metrics, named in the environment
+    before any worker starts: the workers inherit it, so every worker writes its figures
+    there and a scrape answered by any of them adds up all. Fresh per run, so a restarted
+    server counts from zero and never reads another run's (or another server's) files.
+    (Nothing imports prometheus_client before this; if something did, that process would
+    keep its figures in memory, which metrics/instruments.py notices.)"""
+    path = tempfile.mkdtemp(prefix="loyalty-metrics-")
+    os.environ[METRICS_DIR_VARIABLE] = path
+    return path
+
+
+def _run_uvicorn(settings: Settings, host: str, port: int, workers: int) -> None:
+    import uvicorn
+
     uvicorn.run(
         "loyalty.app:create_app",
         factory=True,

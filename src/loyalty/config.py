@@ -18,6 +18,9 @@ HTTP_READ_TIMEOUT_SECONDS_MAX = 3600
 SCHEDULER_INTERVAL_SECONDS_MAX = 86400
 EXPIRE_AFTER_DAYS_MAX = 36500
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+METRICS_TOKEN_MIN = 16
+METRICS_TOKEN_MAX = 256
+_TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
 # A browser's Origin header: scheme, host and an optional port, nothing more.
 _ORIGIN = re.compile(
     r"https?://[a-z0-9.-]+(?::[0-9]{1,5})?|https?://\[[0-9a-f:.]+\](?::[0-9]{1,5})?"
@@ -57,6 +60,8 @@ class Settings:
     scheduler_interval_seconds: Decimal = Decimal(60)
     # Set: credits without an expires_at expire this many days after they are made.
     points_expire_after_days: Decimal | None = None
+    # Set: GET /metrics asks for it as a Bearer token; unset: /metrics is open, like /health.
+    metrics_token: str | None = field(default=None, repr=False)
 
     @property
     def points_expire_after_ms(self) -> int | None:
@@ -99,6 +104,7 @@ class Settings:
             points_expire_after_days=_positive_decimal(
                 env, "LOYALTY_POINTS_EXPIRE_AFTER_DAYS", EXPIRE_AFTER_DAYS_MAX
             ),
+            metrics_token=_metrics_token(env, "LOYALTY_METRICS_TOKEN"),
         )
 
 
@@ -178,3 +184,16 @@ def _log_level(env: Mapping[str, str], name: str) -> str:
     if level not in LOG_LEVELS:
         raise ConfigError(f"{name} must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
     return level
+
+
+def _metrics_token(env: Mapping[str, str], name: str) -> str | None:
+    token = env.get(name) or None
+    # Sent in a header: visible ASCII only, and long enough not to be guessed.
+    if token is not None and not (
+        METRICS_TOKEN_MIN <= len(token) <= METRICS_TOKEN_MAX and _TOKEN_CHARS.fullmatch(token)
+    ):
+        raise ConfigError(
+            f"{name} must be {METRICS_TOKEN_MIN} to {METRICS_TOKEN_MAX} visible ASCII"
+            " characters without spaces"
+        )
+    return token
