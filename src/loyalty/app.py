@@ -136,6 +136,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             ctx.guard.open(ctx.db, await auth.ensure_jwt_secret(ctx.db, ctx.settings))
             ctx.ledger.start()
+            metrics_exposition.worker_started()
             cleanups.append(asyncio.create_task(idempotency_cleanup.run_periodically(ctx.db)))
             interval_s = float(ctx.settings.scheduler_interval_seconds)
             cleanups.append(

@@ -13,7 +13,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from loyalty.db import Database
 from loyalty.errors import DatabaseUnavailable
 from loyalty.metrics.backlog import backlog
-from loyalty.metrics.instruments import MULTIPROCESS
+from loyalty.metrics.instruments import MULTIPROCESS, WORKERS
 
 # prometheus_client's text format 0.0.4, which every Prometheus version reads.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -88,6 +88,10 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def worker_started() -> None:
+    WORKERS.set(1)
 
 
 def worker_stopping() -> None:

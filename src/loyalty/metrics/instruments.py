@@ -55,6 +55,11 @@ QUEUE_DEPTH = Gauge(
     ("queue",),
     multiprocess_mode="livesum",
 )
+WORKERS = Gauge(
+    "loyalty_workers",
+    "Worker processes serving now (each live worker adds 1)",
+    multiprocess_mode="livesum",
+)
 WEBHOOK_DELIVERIES = Counter(
     "loyalty_webhook_deliveries",
     "Webhook delivery attempts answered with a 2xx",
