@@ -45,7 +45,17 @@ def metered(
     figures between a test's two scrapes."""
     workdir = tmp_path_factory.mktemp(f"metrics-{databases.kind}")
     with Backend.start(databases.kind, databases.new_url(), workdir, workers=WORKERS) as backend:
+        all_workers_up(backend.server)
         yield backend
+
+
+def all_workers_up(server: Server, workers: int = WORKERS) -> None:
+    """Waits until every worker serves: the server answers /health as soon as one does."""
+    eventually(
+        lambda: value(scrape(server), "loyalty_workers") == workers or None,
+        60,
+        f"{workers} workers serving",
+    )
 
 
 def scrape(server: Server, token: str | None = None) -> Samples:
@@ -256,9 +266,30 @@ def test_a_restarted_server_counts_from_zero(
 
     second = Server.launch(url, tmp_path, workers=WORKERS)
     launched.append(second)
+    all_workers_up(second)
     for _ in range(5):
         samples = scrape(second)
         assert adjust_requests(samples) == 0
         assert value(samples, "loyalty_adjustments_committed_total", type="adjustment") == 0
         assert value(samples, "loyalty_ledger_batch_commands_count") == 0
         assert value(samples, "loyalty_workers") == WORKERS
+
+
+def test_in_one_process_without_the_directory_the_ordinary_registry_counts() -> None:
+    """Without PROMETHEUS_MULTIPROC_DIR (an app built inside this test process) the metrics
+    live in prometheus_client's ordinary registry, and what the webhook dispatcher calls
+    counts there."""
+    from prometheus_client import REGISTRY
+
+    from loyalty import metrics
+    from loyalty.metrics import instruments
+
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+    assert not instruments.MULTIPROCESS
+    names = ("loyalty_webhook_delivery_failures_total", "loyalty_webhook_deliveries_total")
+    before = [REGISTRY.get_sample_value(name) or 0.0 for name in names]
+    metrics.webhook_failed()
+    metrics.webhook_failed()
+    metrics.webhook_delivered()
+    after = [REGISTRY.get_sample_value(name) or 0.0 for name in names]
+    assert [a - b for a, b in zip(after, before, strict=True)] == [2, 1]
