@@ -22,6 +22,7 @@ from loyalty.errors import (
     InvariantViolation,
     LoyaltyError,
 )
+from loyalty.events import notify
 from loyalty.ids import ID_PATTERN
 from loyalty.ledger import points, repository, schemas
 from loyalty.ledger.audit import log_adjustment
@@ -125,6 +126,8 @@ class Ledger:
             batch = Batch(commands, self._allow_negative, self._expire_after_ms)
             try:
                 outcomes = await self._db.transact(batch.run)
+                if batch.events_recorded:
+                    notify.changed()
             except (RetryableConflict, UniqueViolation):
                 if attempt == BATCH_ATTEMPTS_MAX:
                     raise
@@ -135,9 +138,10 @@ class Ledger:
                     metrics.batch_committed(len(commands), [row.type for row in batch.rows])
                     return batch.finished or []
                 raise
-            # Counted once committed: a batch rolled back and rerun records nothing twice.
-            metrics.batch_committed(len(commands), [row.type for row in batch.rows])
-            return outcomes
+            else:
+                # Counted once committed: a batch rolled back and rerun records nothing twice.
+                metrics.batch_committed(len(commands), [row.type for row in batch.rows])
+                return outcomes
         raise InvariantViolation("a batch ran out of attempts without an outcome")
 
     async def _was_committed(self, adjustment_id: str) -> bool:

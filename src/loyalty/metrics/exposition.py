@@ -12,7 +12,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from loyalty.db import Database
 from loyalty.errors import DatabaseUnavailable
-from loyalty.metrics.backlog import backlog
+from loyalty.events.repository import backlog
 from loyalty.metrics.instruments import MULTIPROCESS, WORKERS
 
 # prometheus_client's text format 0.0.4, which every Prometheus version reads.
