@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -293,3 +295,30 @@ def test_in_one_process_without_the_directory_the_ordinary_registry_counts() -> 
     metrics.webhook_delivered()
     after = [REGISTRY.get_sample_value(name) or 0.0 for name in names]
     assert [a - b for a, b in zip(after, before, strict=True)] == [2, 1]
+
+
+FORKING = """
+import os
+from loyalty.metrics.instruments import observe_request
+observe_request("GET", "/health", 200, 0.001)
+child = os.fork()
+if child == 0:
+    observe_request("GET", "/health", 200, 0.001)
+    os._exit(0)
+os.waitpid(child, 0)
+print(os.getpid(), child)
+"""
+
+
+def test_a_forked_process_writes_files_of_its_own(tmp_path: Path) -> None:
+    """The pid prometheus_client files by is kept rather than asked on every write; a fork
+    still gets its own files (a child writing into its parent's would corrupt the counts)."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-c", FORKING], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    parent, child = result.stdout.split()
+    files = {path.name for path in tmp_path.iterdir()}
+    assert {name.rsplit("_", 1)[1].removesuffix(".db") for name in files} == {parent, child}
+    assert {f"counter_{parent}.db", f"counter_{child}.db"} <= files
