@@ -322,3 +322,35 @@ def test_a_forked_process_writes_files_of_its_own(tmp_path: Path) -> None:
     files = {path.name for path in tmp_path.iterdir()}
     assert {name.rsplit("_", 1)[1].removesuffix(".db") for name in files} == {parent, child}
     assert {f"counter_{parent}.db", f"counter_{child}.db"} <= files
+
+
+def test_each_run_has_a_private_directory_removed_at_the_end(
+    databases: DatabaseFactory, tmp_path: Path, launched: list[Server]
+) -> None:
+    """A run's metrics directory is new, private (0700) and removed when the server stops;
+    one that a killed server left behind (its maker no longer running) is removed at the
+    next start."""
+    if databases.kind != "sqlite":
+        pytest.skip("the directory does not depend on the database")
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    abandoned = temp / f"loyalty-metrics-{finished.stdout.strip()}-abcd1234"
+    abandoned.mkdir()
+    (abandoned / "counter_1.db").write_bytes(b"")
+    server = Server.launch(databases.new_url(), tmp_path, TMPDIR=str(temp))
+    launched.append(server)
+    assert not abandoned.exists()
+    [directory] = list(temp.glob("loyalty-metrics-*"))
+    assert directory.name.startswith(f"loyalty-metrics-{server.process.pid}-")
+    assert directory.stat().st_mode & 0o777 == 0o700
+    assert any(directory.glob("counter_*.db"))
+    server.stop()
+    assert server.process.returncode == 0, server.log()
+    assert not directory.exists()

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import shutil
+import signal
 import sys
-import tempfile
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from loyalty import logs, migrate
+from loyalty import logs, metrics_dir, migrate
 from loyalty.auth import service as auth
 from loyalty.auth.scopes import ALL_SCOPES
 from loyalty.config import ConfigError, Settings
@@ -162,27 +160,20 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> None:
     credentials = _with_db(settings, prepare)
     if credentials is not None:
         _announce_admin(*credentials)
-    metrics_dir = _fresh_metrics_dir()
+    # Before anything imports prometheus_client, so that it and every worker see it.
+    directory = metrics_dir.fresh()
+    # With one worker, uvicorn shuts down on SIGTERM and then raises the signal again once
+    # its own handler is gone; as an exception here, the directory is still removed, and the
+    # exit is 0 as with several workers.
+    signal.signal(signal.SIGTERM, _exit_after_shutdown)
     try:
         _run_uvicorn(settings, host, port, workers)
     finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.remove(directory)
 
 
-# The variable prometheus_client reads, when first imported, to keep its figures in files.
-METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
-
-
-def _fresh_metrics_dir() -> str:
-    """A new private directory (mode 0700) for this run's metrics, named in the environment
-    before any worker starts: the workers inherit it, so every worker writes its figures
-    there and a scrape answered by any of them adds up all. Fresh per run, so a restarted
-    server counts from zero and never reads another run's (or another server's) files.
-    (Nothing imports prometheus_client before this; if something did, that process would
-    keep its figures in memory, which metrics/instruments.py notices.)"""
-    path = tempfile.mkdtemp(prefix="loyalty-metrics-")
-    os.environ[METRICS_DIR_VARIABLE] = path
-    return path
+def _exit_after_shutdown(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _run_uvicorn(settings: Settings, host: str, port: int, workers: int) -> None:
