@@ -2,7 +2,7 @@
 
 Under `loyalty serve` every worker is its own process, so the figures live in
 prometheus_client's multiprocess mode: each worker writes its own memory-mapped files in the
-directory named by PROMETHEUS_MULTIPROC_DIR (a fresh one per run, see cli.py), and a scrape
+directory named by PROMETHEUS_MULTIPROC_DIR (a fresh one per run: metrics_dir.py), and a scrape
 answered by any worker adds up all of them. prometheus_client picks that mode when it is
 first imported, from the environment; without the variable (an app built inside a test
 process) the metrics live in its ordinary in-process registry.
