@@ -39,6 +39,8 @@ from loyalty.idempotency.keys import REPLAYED_HEADER
 from loyalty.ledger import routes as ledger_routes
 from loyalty.ledger import scheduler
 from loyalty.ledger.service import Ledger
+from loyalty.webhooks import routes as webhook_routes
+from loyalty.webhooks.dispatcher import Dispatcher
 
 log = logging.getLogger("loyalty")
 
@@ -119,6 +121,7 @@ def route_table(ctx: AppContext) -> list[Endpoint]:
     table += customer_routes.endpoints(ctx)
     table += ledger_routes.endpoints(ctx)
     table += event_routes.endpoints(ctx)
+    table += webhook_routes.endpoints(ctx)
     return table
 
 
@@ -148,12 +151,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
             # of the collector's reach, a full collection no longer walks those ~90,000
             # objects: that walk took ~50 ms, stalled every request in flight, and was
             # most of the p99 of the busy routes.
+            # Beside the requests, never inside their transactions (webhooks/dispatcher.py).
+            dispatcher = Dispatcher(ctx.db, ctx.settings.webhook_retry_schedule_s)
+            cleanups.append(asyncio.create_task(dispatcher.run()))
             gc.collect()
             gc.freeze()
             yield
         finally:
             for cleanup in cleanups:
                 cleanup.cancel()
+            # The dispatcher gives its lease up as it stops, while the database is open.
+            await asyncio.gather(*cleanups, return_exceptions=True)
             # In-flight adjustments finish and are answered before the database closes.
             await ctx.ledger.stop()
             await ctx.db.close()

@@ -72,9 +72,7 @@ def _webhook(row: Sequence[object]) -> WebhookRow:
 
 async def insert_webhook(conn: Connection, row: WebhookRow) -> None:
     placeholders = ", ".join(f"${i}" for i in range(1, len(WebhookRow._fields) + 1))
-    await conn.execute(
-        f"INSERT INTO webhooks ({_WEBHOOK_COLUMNS}) VALUES ({placeholders})", *row
-    )
+    await conn.execute(f"INSERT INTO webhooks ({_WEBHOOK_COLUMNS}) VALUES ({placeholders})", *row)
 
 
 async def count_webhooks(conn: Connection) -> int:
@@ -92,9 +90,7 @@ async def list_webhooks(conn: Connection) -> list[WebhookRow]:
 
 
 async def enabled_webhooks(conn: Connection) -> list[WebhookRow]:
-    rows = await conn.fetch(
-        f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks WHERE enabled ORDER BY id"
-    )
+    rows = await conn.fetch(f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks WHERE enabled ORDER BY id")
     return [_webhook(row) for row in rows]
 
 
@@ -112,9 +108,7 @@ async def set_enabled(
     )
 
 
-async def insert_deliveries(
-    conn: Connection, rows: Sequence[DeliveryRow]
-) -> None:
+async def insert_deliveries(conn: Connection, rows: Sequence[DeliveryRow]) -> None:
     placeholders = ", ".join(f"${i}" for i in range(1, len(DeliveryRow._fields) + 1))
     await conn.executemany(
         f"INSERT INTO webhook_deliveries ({_DELIVERY_COLUMNS}) VALUES ({placeholders})", rows

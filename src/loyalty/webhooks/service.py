@@ -117,7 +117,7 @@ async def create(
 
     async def work(conn: Connection, at_ms: int) -> bytes:
         if await repository.count_webhooks(conn) >= WEBHOOKS_MAX:
-            raise NotAllowed(f"There are already {WEBHOOKS_MAX} webhook endpoints, the most allowed")
+            raise NotAllowed(f"There are already {WEBHOOKS_MAX} webhooks, the most allowed")
         row = WebhookRow(
             id=new_id("whk", at_ms),
             url=new.url,
@@ -197,9 +197,7 @@ async def retry(
             raise _missing_webhook(webhook_id)
         row = await repository.find_delivery(conn, webhook_id, delivery_id)
         if row is None:
-            raise NotFound(
-                f"Delivery with id: {delivery_id} of webhook {webhook_id} was not found"
-            )
+            raise NotFound(f"Delivery with id: {delivery_id} of webhook {webhook_id} was not found")
         await repository.make_due(conn, delivery_id, at_ms)
         row = row._replace(status="pending", next_attempt_at_ms=at_ms, updated_at_ms=at_ms)
         return _encoder.encode(schemas.DeliveryResponse(schemas.delivery(row)))

@@ -1,0 +1,120 @@
+"""A webhook receiver inside the test: an HTTP server on a free loopback port, in a thread,
+that records every request, checks its signature with the `standardwebhooks` package, and
+answers with the statuses it is told to."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
+
+
+@dataclass(frozen=True)
+class Received:
+    """One request as the receiver got it."""
+
+    at: float  # time.monotonic()
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    status: int  # what the receiver answered
+
+    @property
+    def event(self) -> Any:
+        return json.loads(self.body)
+
+    def verified(self, secret: str) -> Any:
+        """The event, if the signature is valid for `secret` (else WebhookVerificationError)."""
+        return Webhook(secret).verify(self.body, self.headers)
+
+
+@dataclass
+class Receiver:
+    port: int
+    requests: list[Received] = field(default_factory=list)
+    # Statuses to answer with, one per request, in order; then `default_status`.
+    statuses: list[int] = field(default_factory=list)
+    default_status: int = 200
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def received(self) -> list[Received]:
+        with self.lock:
+            return list(self.requests)
+
+    def of_event(self, event_id: str) -> list[Received]:
+        return [r for r in self.received() if r.headers.get("webhook-id") == event_id]
+
+    def event_ids(self) -> set[str]:
+        return {r.headers.get("webhook-id", "") for r in self.received()}
+
+    def answer(self) -> int:
+        with self.lock:
+            return self.statuses.pop(0) if self.statuses else self.default_status
+
+
+def bad_signatures(requests: list[Received], secret: str) -> list[str]:
+    """The requests whose signature `standardwebhooks` refuses, or whose webhook-id is not
+    the id of the event in their body."""
+    bad = []
+    for request in requests:
+        try:
+            event = request.verified(secret)
+        except WebhookVerificationError as error:
+            bad.append(f"{request.headers.get('webhook-id')}: {error}")
+            continue
+        if event["id"] != request.headers["webhook-id"]:
+            bad.append(f"{request.headers['webhook-id']}: webhook-id is not the event's id")
+    return bad
+
+
+@contextmanager
+def receiving(statuses: list[int] | None = None, default_status: int = 200) -> Iterator[Receiver]:
+    """A receiver running for the block."""
+    receiver_box: list[Receiver] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as the dispatcher's client uses it
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("content-length", "0"))
+            body = self.rfile.read(length)
+            receiver = receiver_box[0]
+            status = receiver.answer()
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            with receiver.lock:
+                receiver.requests.append(
+                    Received(time.monotonic(), self.path, headers, body, status)
+                )
+            self.send_response(status)
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # quiet
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    receiver = Receiver(server.server_address[1], statuses=list(statuses or []))
+    receiver.default_status = default_status
+    receiver_box.append(receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield receiver
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
