@@ -120,9 +120,11 @@ def endpoints(ctx: AppContext) -> list[Endpoint]:
         if status is not None and status not in DELIVERY_STATUSES:
             message = f"status must be one of {', '.join(DELIVERY_STATUSES)}"
             raise InvalidData(message, [FieldError("status", message)])
-        page = await service.deliveries(
-            ctx.db, webhook_id(request), params.get("cursor"), status, limit
-        )
+        cursor = params.get("cursor")
+        if cursor is not None and len(cursor) > ID_MAX:
+            message = f"cursor must be at most {ID_MAX} characters"
+            raise InvalidData(message, [FieldError("cursor", message)])
+        page = await service.deliveries(ctx.db, webhook_id(request), cursor, status, limit)
         return json_response(page)
 
     async def retry(request: Request, caller: Caller) -> Response:
