@@ -62,6 +62,7 @@ class DueDelivery(NamedTuple):
 
 _WEBHOOK_COLUMNS = ", ".join(WebhookRow._fields)
 _DELIVERY_COLUMNS = ", ".join(DeliveryRow._fields)
+_EVENT_COLUMNS = ", ".join(f"e.{name}" for name in EventRow._fields)
 
 
 def _webhook(row: Sequence[object]) -> WebhookRow:
@@ -191,8 +192,7 @@ async def claim(
     if not claimed:
         return []
     rows = await conn.fetch(
-        "SELECT d.id, d.attempt, w.url, w.secret, e.position, e.id, e.type, e.customer_id,"
-        " e.created_at_ms, e.data FROM webhook_deliveries d"
+        f"SELECT d.id, d.attempt, w.url, w.secret, {_EVENT_COLUMNS} FROM webhook_deliveries d"
         " JOIN webhooks w ON w.id = d.webhook_id"
         " JOIN loyalty_events e ON e.position = d.event_position"
         " WHERE d.id = ANY($1) ORDER BY d.next_attempt_at_ms",
