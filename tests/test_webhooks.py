@@ -11,6 +11,7 @@ is bounded.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import itertools
 import re
@@ -539,3 +540,100 @@ def test_the_retry_schedule_setting() -> None:
     for bad in ("a,1", "-1", "1,,2", "nan", "1e9", ",".join(["1"] * 33)):
         with pytest.raises(ConfigError, match="LOYALTY_WEBHOOK_RETRY_SCHEDULE"):
             Settings.from_env({"LOYALTY_WEBHOOK_RETRY_SCHEDULE": bad})
+
+
+# --- the sender's HTTP, against receivers that answer in each way HTTP/1.x allows -----------
+
+
+async def _serve_answers(answers: list[bytes]) -> tuple[asyncio.Server, list[bytes]]:
+    """A server that reads each request whole and writes the next of `answers` (closing the
+    connection after an answer that ends in b"<close>"); returns it and the requests."""
+    requests: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while answers:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(re.search(rb"content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+                requests.append(head + await reader.readexactly(length))
+                answer = answers.pop(0)
+                closing = answer.endswith(b"<close>")
+                writer.write(answer.removesuffix(b"<close>"))
+                await writer.drain()
+                if closing:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0), requests
+
+
+@pytest.mark.parametrize(
+    ("answers", "statuses"),
+    [
+        ([b"HTTP/1.1 204 No Content\r\n\r\n"] * 3, [204, 204, 204]),
+        (
+            [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"] * 2,
+            [200, 200],
+        ),
+        (
+            [b"HTTP/1.1 500 Oops\r\ncontent-length: 4\r\n\r\nboom", b"HTTP/1.1 200 OK\r\n\r\n"],
+            [500, 200],
+        ),
+        ([b"HTTP/1.0 202 Accepted\r\n\r\nbody<close>", b"HTTP/1.1 200 OK\r\n\r\n"], [202, 200]),
+        (
+            [b"HTTP/1.1 410 Gone\r\nconnection: close\r\n\r\n<close>", b"HTTP/1.1 200 OK\r\n\r\n"],
+            [410, 200],
+        ),
+    ],
+    ids=["no-body", "chunked", "length", "http1.0-close", "connection-close"],
+)
+def test_the_sender_reads_each_kind_of_answer(answers: list[bytes], statuses: list[int]) -> None:
+    """Statuses come back whatever the answer's framing, also for the request after the
+    receiver closed the connection; every request carries its headers and its length."""
+    from loyalty.webhooks.sender import Sender
+
+    async def main() -> tuple[list[int], list[bytes]]:
+        server, requests = await _serve_answers(list(answers))
+        port = server.sockets[0].getsockname()[1]
+        sender = Sender("test")
+        try:
+            got = []
+            for _ in statuses:
+                headers = {"webhook-id": "evt_1", "content-type": "application/json"}
+                got.append(
+                    await asyncio.wait_for(
+                        sender.post(f"http://127.0.0.1:{port}/in?x=1", headers, b'{"a":1}'), 10
+                    )
+                )
+            return got, requests
+        finally:
+            await sender.close()
+            server.close()
+
+    got, requests = asyncio.run(main())
+    assert got == statuses
+    for request in requests:
+        assert request.startswith(b"POST /in?x=1 HTTP/1.1\r\n")
+        assert b"webhook-id: evt_1\r\n" in request
+        assert b"content-length: 7\r\n" in request
+        assert request.endswith(b'\r\n\r\n{"a":1}')
+
+
+def test_the_sender_refuses_what_is_not_http() -> None:
+    from loyalty.webhooks.sender import Sender, SendError
+
+    async def main() -> None:
+        server, _ = await _serve_answers([b"SSH-2.0-OpenSSH\r\n\r\n<close>"])
+        port = server.sockets[0].getsockname()[1]
+        sender = Sender("test")
+        try:
+            with pytest.raises(SendError):
+                await asyncio.wait_for(sender.post(f"http://127.0.0.1:{port}/", {}, b"{}"), 10)
+        finally:
+            await sender.close()
+            server.close()
+
+    asyncio.run(main())
