@@ -83,8 +83,10 @@ def bad_signatures(requests: list[Received], secret: str) -> list[str]:
 
 
 @contextmanager
-def receiving(statuses: list[int] | None = None, default_status: int = 200) -> Iterator[Receiver]:
-    """A receiver running for the block."""
+def receiving(
+    statuses: list[int] | None = None, default_status: int = 200, delay_s: float = 0.0
+) -> Iterator[Receiver]:
+    """A receiver running for the block; it answers each request `delay_s` after reading it."""
     receiver_box: list[Receiver] = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -107,6 +109,8 @@ def receiving(statuses: list[int] | None = None, default_status: int = 200) -> I
                 receiver.requests.append(
                     Received(time.monotonic(), self.path, headers, body, status)
                 )
+            if delay_s:
+                time.sleep(delay_s)  # this request's own thread
             self.send_response(status)
             self.send_header("content-length", "2")
             self.end_headers()
