@@ -32,8 +32,12 @@ TAG = "Customers"
 def endpoints(ctx: AppContext) -> list[Endpoint]:
     async def create(request: Request, caller: Caller) -> Response:
         fields = parse_json_object(request, await read_body(request), CREATE_FIELDS)
-        values = {}
+        values: dict[str, object] = {}
         for name, raw in fields.items():
+            if name == "metadata":
+                # Checked from its raw JSON by the shared metadata rules.
+                values[name] = raw
+                continue
             try:
                 values[name] = decode_field(raw, object)
             except msgspec.ValidationError:

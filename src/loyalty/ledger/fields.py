@@ -1,6 +1,7 @@
-"""The rules of the ledger's optional fields (SPEC 7.1, 7.4): reference, metadata and the
-timestamps, checked from raw JSON values. Each parser appends its FieldError and returns None
-when the value is wrong."""
+"""The rules of the ledger's optional fields (SPEC 7.1, 7.4): reference, the timestamps and
+points, checked from raw JSON values (metadata's rules, shared with customers, are in
+loyalty.metadata). Each parser appends its FieldError and returns None when the value is
+wrong."""
 
 from __future__ import annotations
 
@@ -16,18 +17,10 @@ from loyalty.ledger import points
 from loyalty.ledger.points import DELTA_MAX_HUNDREDTHS, HUNDREDTHS_PER_POINT, PointsError
 
 REFERENCE_MAX = 128
-METADATA_KEYS_MAX = 16
-METADATA_KEY_MAX = 40
-METADATA_VALUE_MAX = 500
 POINTS_MAX = DELTA_MAX_HUNDREDTHS // HUNDREDTHS_PER_POINT
 # Visible ASCII: no spaces, no control characters, nothing a log or a URL would mangle.
 _REFERENCE = re.compile(f"[\\x21-\\x7e]{{1,{REFERENCE_MAX}}}")
 _REFERENCE_RULE = f"reference must be 1 to {REFERENCE_MAX} visible ASCII characters, or null"
-_METADATA_RULE = (
-    f"metadata must be an object of at most {METADATA_KEYS_MAX} keys of 1 to"
-    f" {METADATA_KEY_MAX} characters whose values are strings of at most"
-    f" {METADATA_VALUE_MAX} characters, or null"
-)
 
 
 def is_null(raw: msgspec.Raw | None) -> bool:
@@ -41,22 +34,6 @@ def reference(raw: msgspec.Raw | None, errors: list[FieldError]) -> str | None:
     value: str | None = _decoded(raw, str)
     if value is None or not _REFERENCE.fullmatch(value):
         errors.append(FieldError("reference", _REFERENCE_RULE))
-        return None
-    return value
-
-
-def metadata(raw: msgspec.Raw | None, errors: list[FieldError]) -> dict[str, str] | None:
-    if is_null(raw):
-        return None
-    assert raw is not None
-    value: dict[str, str] | None = _decoded(raw, dict[str, str])
-    if (
-        value is None
-        or len(value) > METADATA_KEYS_MAX
-        or any(not 1 <= len(key) <= METADATA_KEY_MAX for key in value)
-        or any(len(item) > METADATA_VALUE_MAX for item in value.values())
-    ):
-        errors.append(FieldError("metadata", _METADATA_RULE))
         return None
     return value
 

@@ -21,15 +21,10 @@ from loyalty.http.schemas import (
     Timestamp,
 )
 from loyalty.ledger import fields, points
-from loyalty.ledger.fields import (
-    METADATA_KEY_MAX,
-    METADATA_KEYS_MAX,
-    METADATA_VALUE_MAX,
-    POINTS_MAX,
-    REFERENCE_MAX,
-)
+from loyalty.ledger.fields import POINTS_MAX, REFERENCE_MAX
 from loyalty.ledger.points import DELTA_MAX_HUNDREDTHS, HUNDREDTHS_PER_POINT, PointsError
 from loyalty.ledger.repository import AdjustmentRow, BalanceRow, LotRow, PendingRow
+from loyalty.metadata import Metadata, StoredMetadata, parse_metadata, stored_metadata
 from loyalty.timestamps import now_ms, render, render_optional
 
 CUSTOMER_ID_MAX = 64
@@ -61,23 +56,6 @@ Reference = Annotated[
         pattern=f"^[\\x21-\\x7e]{{1,{REFERENCE_MAX}}}$",
         description="The caller's own id for what earned or spent the points; unique per"
         " customer among adjustments and pending points, forever",
-    ),
-]
-Metadata = Annotated[
-    dict[
-        Annotated[str, Meta(min_length=1, max_length=METADATA_KEY_MAX)],
-        Annotated[str, Meta(max_length=METADATA_VALUE_MAX)],
-    ],
-    Meta(max_length=METADATA_KEYS_MAX),
-]
-# Metadata as stored (a JSON object's text), handed to msgspec as is.
-StoredMetadata = Annotated[
-    msgspec.Raw,
-    Meta(
-        extra_json_schema={
-            "type": ["object", "null"],
-            "additionalProperties": {"type": "string"},
-        }
     ),
 ]
 PositivePoints = Annotated[
@@ -355,7 +333,7 @@ def parse_adjust_body(raw: dict[str, msgspec.Raw]) -> AdjustBody:
     customer_id = _customer_id(raw, errors)
     reason = fields.optional_string(raw.get("reason"), "reason", REASON_MAX, errors)
     reference = fields.reference(raw.get("reference"), errors)
-    metadata = fields.metadata(raw.get("metadata"), errors)
+    metadata = parse_metadata(raw.get("metadata"), errors)
     expires_at = fields.timestamp(raw.get("expires_at"), "expires_at", errors, now_ms())
     if expires_at is not None and delta is not None and delta < 0:
         errors.append(FieldError("expires_at", "expires_at is only allowed with a positive delta"))
@@ -389,7 +367,7 @@ def parse_pending_body(raw: dict[str, msgspec.Raw]) -> PendingBody:
         release_at = fields.timestamp(raw.get("release_at"), "release_at", errors)
     reason = fields.optional_string(raw.get("reason"), "reason", REASON_MAX, errors)
     reference = fields.reference(raw.get("reference"), errors)
-    metadata = fields.metadata(raw.get("metadata"), errors)
+    metadata = parse_metadata(raw.get("metadata"), errors)
     expires_at = fields.timestamp(
         raw.get("expires_at"), "expires_at", errors, max(now_ms(), release_at or 0)
     )
@@ -456,10 +434,6 @@ def seed_adjustment(row: AdjustmentRow) -> SeedAdjustment:
     return SeedAdjustment(*_seed_fields(row))
 
 
-def _metadata(text: str | None) -> msgspec.Raw | None:
-    return None if text is None else msgspec.Raw(text.encode())
-
-
 def _full_fields(row: AdjustmentRow) -> tuple[object, ...]:
     return (
         *_seed_fields(row),
@@ -467,7 +441,7 @@ def _full_fields(row: AdjustmentRow) -> tuple[object, ...]:
         row.customer_id,
         row.type,
         row.reference,
-        _metadata(row.metadata),
+        stored_metadata(row.metadata),
         render_optional(row.expires_at_ms),
         row.reverses,
         row.pending_id,
@@ -511,7 +485,7 @@ def pending(row: PendingRow) -> Pending:
         _points(row.points_hundredths),
         row.reason,
         row.reference,
-        _metadata(row.metadata),
+        stored_metadata(row.metadata),
         render_optional(row.expires_at_ms),
         render(row.release_at_ms),
         row.status,  # type: ignore[arg-type]
