@@ -186,12 +186,14 @@ def test_an_invalid_email_is_400(api: httpx.Client, bad_email: Any) -> None:
 
 
 def test_a_duplicate_email_is_409(api: httpx.Client) -> None:
-    """The same email twice is 409 conflict; the first customer is untouched."""
+    """The same email twice is 409 conflict naming the email; the first customer is
+    untouched."""
     email = unique_email()
     first = create(api, {"email": email, "first_name": "First"})
     assert first.status_code == 200, first.text
     again = create(api, {"email": email, "first_name": "Second"})
     assert_error(again, 409, "conflict")
+    assert again.json()["message"] == f"A customer with email {email} already exists"
     assert search(api, q=email)["count"] == 1
     kept = api.get(f"/admin/customers/{first.json()['customer']['id']}").json()["customer"]
     assert kept["first_name"] == "First"
@@ -208,12 +210,14 @@ def test_a_duplicate_email_differing_in_case_is_409(api: httpx.Client) -> None:
 
 
 def test_a_duplicate_id_is_409(api: httpx.Client) -> None:
-    """A chosen id that already exists is 409 conflict, even with a new email."""
+    """A chosen id that already exists is 409 conflict naming the id, even with a new email."""
     chosen = f"dup_{uuid.uuid4().hex}"
     first = create(api, {"id": chosen, "email": unique_email()})
     assert first.status_code == 200, first.text
     second_email = unique_email()
-    assert_error(create(api, {"id": chosen, "email": second_email}), 409, "conflict")
+    again = create(api, {"id": chosen, "email": second_email})
+    assert_error(again, 409, "conflict")
+    assert again.json()["message"] == f"A customer with id {chosen} already exists"
     assert search(api, q=second_email)["count"] == 0
     assert api.get(f"/admin/customers/{chosen}").json()["customer"] == first.json()["customer"]
 
@@ -250,19 +254,31 @@ def test_invalid_names_are_400(api: httpx.Client, field: str, value: Any) -> Non
 
 
 @pytest.mark.parametrize(
-    "content,content_type",
+    "content,content_type,message",
     [
-        (b"not json", "application/json"),
-        (b"[]", "application/json"),
-        (b'{"email": "a@example.com"}', "text/plain"),
+        (
+            b"{not json}",
+            "application/json",
+            "Request body must be a JSON object; the JSON text is malformed at byte 1",
+        ),
+        (b"[]", "application/json", "Request body must be a JSON object, not an array"),
+        (b'"x"', "application/json", "Request body must be a JSON object, not a string"),
+        (b"", "application/json", "Request body must be a JSON object; the body is empty"),
+        (
+            b'{"email": "a@example.com"',
+            "application/json",
+            "Request body must be a JSON object; the JSON text ends before it is complete",
+        ),
+        (b'{"email": "a@example.com"}', "text/plain", "Content-Type must be application/json"),
     ],
 )
 def test_a_body_that_is_not_a_json_object_is_400(
-    api: httpx.Client, content: bytes, content_type: str
+    api: httpx.Client, content: bytes, content_type: str, message: str
 ) -> None:
-    """Non-JSON, a non-object, or another content type is 400 invalid_data."""
+    """Non-JSON, a non-object, or another content type is 400 invalid_data saying which."""
     response = api.post("/admin/customers", content=content, headers={"Content-Type": content_type})
     assert_error(response, 400, "invalid_data")
+    assert response.json()["message"] == message
 
 
 # --- Medusa's customer fields: phone, company_name, metadata (SPEC 8.4) -------------------

@@ -83,10 +83,19 @@ async def create_customer(db: Database, new: NewCustomer) -> Customer:
             await repository.insert_customer(conn, checked, created_ms)
             row = await repository.find_customer(conn, customer_id)
     except UniqueViolation:
-        raise Conflict("A customer with this id or email already exists") from None
+        raise await _taken(db, checked) from None
     if row is None:
         raise RuntimeError("a customer just inserted was not found")
     return schemas.customer(row)
+
+
+async def _taken(db: Database, new: NewCustomerRow) -> Conflict:
+    """The 409 for a create that broke a unique rule, naming which: the id or the email."""
+    async with db.read() as conn:
+        same_id = await repository.find_customer(conn, new.id)
+    if same_id is not None:
+        return Conflict(f"A customer with id {new.id} already exists")
+    return Conflict(f"A customer with email {new.email} already exists")
 
 
 async def get_customer(db: Database, customer_id: str) -> Customer:

@@ -14,7 +14,12 @@ from loyalty import timestamps
 from loyalty.errors import FieldError
 from loyalty.http.body import decode_field
 from loyalty.ledger import points
-from loyalty.ledger.points import DELTA_MAX_HUNDREDTHS, HUNDREDTHS_PER_POINT, PointsError
+from loyalty.ledger.points import (
+    DELTA_MAX_HUNDREDTHS,
+    HUNDREDTHS_PER_POINT,
+    PointsError,
+    PointsTooLarge,
+)
 
 REFERENCE_MAX = 128
 POINTS_MAX = DELTA_MAX_HUNDREDTHS // HUNDREDTHS_PER_POINT
@@ -64,13 +69,21 @@ def positive_points(raw: msgspec.Raw | None, name: str, errors: list[FieldError]
     if raw is None:
         errors.append(FieldError(name, f"{name} is required"))
         return None
+    text = bytes(raw)
+    too_large = f"{name} must be at most {POINTS_MAX}; {text.decode()[:64]} is too large"
     try:
-        value = points.parse_json_number(bytes(raw))
+        value = points.parse_json_number(text)
+    except PointsTooLarge:
+        errors.append(FieldError(name, too_large))
+        return None
     except PointsError as error:
         errors.append(FieldError(name, f"{name} {error}"))
         return None
-    if not 0 < value <= DELTA_MAX_HUNDREDTHS:
-        errors.append(FieldError(name, f"{name} must be above 0 and at most {POINTS_MAX}"))
+    if value <= 0:
+        errors.append(FieldError(name, f"{name} must be above 0"))
+        return None
+    if value > DELTA_MAX_HUNDREDTHS:
+        errors.append(FieldError(name, too_large))
         return None
     return value
 

@@ -22,7 +22,12 @@ from loyalty.http.schemas import (
 )
 from loyalty.ledger import fields, points
 from loyalty.ledger.fields import POINTS_MAX, REFERENCE_MAX
-from loyalty.ledger.points import DELTA_MAX_HUNDREDTHS, HUNDREDTHS_PER_POINT, PointsError
+from loyalty.ledger.points import (
+    DELTA_MAX_HUNDREDTHS,
+    HUNDREDTHS_PER_POINT,
+    PointsError,
+    PointsTooLarge,
+)
 from loyalty.ledger.repository import AdjustmentRow, BalanceRow, LotRow, PendingRow
 from loyalty.metadata import Metadata, StoredMetadata, parse_metadata, stored_metadata
 from loyalty.timestamps import now_ms, render, render_optional
@@ -33,6 +38,7 @@ HISTORY_IN_ADJUST = 20
 BULK_MAX = 1000
 DELTA_MESSAGE = "delta must be a non-zero number"
 _DELTA_MAX_POINTS = DELTA_MAX_HUNDREDTHS // HUNDREDTHS_PER_POINT
+_DELTA_RANGE = f"delta must be at most {_DELTA_MAX_POINTS} in absolute value"
 
 CustomerId = Annotated[str, Meta(min_length=1, max_length=CUSTOMER_ID_MAX)]
 AdjustmentId = Annotated[str, Meta(pattern="^adj_[0-9A-HJKMNP-TV-Z]{26}$")]
@@ -338,10 +344,7 @@ def parse_adjust_body(raw: dict[str, msgspec.Raw]) -> AdjustBody:
     if expires_at is not None and delta is not None and delta < 0:
         errors.append(FieldError("expires_at", "expires_at is only allowed with a positive delta"))
     if errors or customer_id is None or delta is None:
-        error = validation_error(errors)
-        if errors[0].field == "delta":
-            error.message = DELTA_MESSAGE
-        raise error
+        raise validation_error(errors)
     return AdjustBody(customer_id, delta, reason, reference, metadata, expires_at)
 
 
@@ -397,11 +400,17 @@ def _string(raw: msgspec.Raw | None) -> str | None:
 
 
 def _delta(raw: msgspec.Raw | None, errors: list[FieldError]) -> int | None:
+    """The delta in hundredths; each way of being wrong has its own message, and only a zero
+    keeps the seed's exact DELTA_MESSAGE."""
     if raw is None:
         errors.append(FieldError("delta", "delta is required"))
         return None
+    text = bytes(raw)
     try:
-        hundredths = points.parse_json_number(bytes(raw))
+        hundredths = points.parse_json_number(text)
+    except PointsTooLarge as error:
+        errors.append(FieldError("delta", f"{_DELTA_RANGE}; {error}"))
+        return None
     except PointsError as error:
         errors.append(FieldError("delta", f"delta {error}"))
         return None
@@ -409,9 +418,7 @@ def _delta(raw: msgspec.Raw | None, errors: list[FieldError]) -> int | None:
         errors.append(FieldError("delta", DELTA_MESSAGE))
         return None
     if abs(hundredths) > DELTA_MAX_HUNDREDTHS:
-        errors.append(
-            FieldError("delta", f"delta must be at most {_DELTA_MAX_POINTS} in absolute value")
-        )
+        errors.append(FieldError("delta", f"{_DELTA_RANGE}; {text.decode()} is too large"))
         return None
     return hundredths
 
