@@ -57,10 +57,16 @@ def medusa_sdk() -> Path:
     return SDK_DIR
 
 
+def has_refresh_and_me() -> bool:
+    """Whether this build has Medusa's POST /auth/token/refresh and GET /admin/users/me."""
+    return {"POST /auth/token/refresh", "GET /admin/users/me"} <= routed_operations()
+
+
 def drive(sdk_dir: Path, backend: Backend, scenario: str) -> dict[str, Any]:
     """Runs drive.mjs for `scenario` against the backend; what it printed, decoded."""
     env = {
         **os.environ,
+        "LOYALTY_WITH_REFRESH": "1" if has_refresh_and_me() else "0",
         "LOYALTY_URL": backend.server.base_url,
         "LOYALTY_EMAIL": ADMIN_EMAIL,
         "LOYALTY_PASSWORD": ADMIN_PASSWORD,
@@ -121,7 +127,8 @@ def test_the_sdk_logs_in_with_emailpass_and_drives_the_service(
 ) -> None:
     """sdk.auth.login("user", "emailpass") gets our JWT, which the SDK then sends as a Bearer
     on every sdk.client.fetch, provided it may keep it: in Node the SDK's default storage
-    ("nostore", as there is no localStorage) drops it, so the next call is 401."""
+    ("nostore", as there is no localStorage) drops it, so the next call is 401. Once the build
+    has them, sdk.auth.refresh() and sdk.admin.user.me() work with that token too."""
     out = drive(medusa_sdk, backend, "jwt")
     assert out["default_login"] == "string"
     assert out["default_storage_error"] == error(401, "Authentication required")
@@ -130,6 +137,10 @@ def test_the_sdk_logs_in_with_emailpass_and_drives_the_service(
     assert out["token_parts"] == 3
     assert out["stored_token_is_returned"] is True
     assert_client_work(out)
+    if has_refresh_and_me():
+        assert out["refreshed_token_parts"] == 3
+        assert out["refreshed_token_is_stored"] is True
+        assert out["me"]["user"]["email"] == ADMIN_EMAIL
     for request in out["sent"]:
         assert request["authorization"].startswith("Bearer "), request
         assert request["content_type"] == "application/json", request

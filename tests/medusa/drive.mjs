@@ -3,7 +3,8 @@
 // JSON object on stdout. tests/test_medusa.py runs it against a real server and asserts on it.
 //
 // Environment: LOYALTY_URL, LOYALTY_EMAIL, LOYALTY_PASSWORD, LOYALTY_SCENARIO ("jwt" or
-// "api_key"), LOYALTY_RUN (a tag that makes this run's emails and references unique).
+// "api_key"), LOYALTY_RUN (a tag that makes this run's emails and references unique),
+// LOYALTY_WITH_REFRESH ("1": also sdk.auth.refresh() and sdk.admin.user.me()).
 import Medusa, { FetchError } from "@medusajs/js-sdk"
 
 const env = (name) => {
@@ -103,6 +104,14 @@ async function jwt() {
   out.token_parts = typeof token === "string" ? token.split(".").length : null
   out.stored_token_is_returned = (await sdk.client.getToken()) === token
   Object.assign(out, await drive(sdk, "jwt"))
+  if (process.env.LOYALTY_WITH_REFRESH === "1") {
+    // sdk.auth.refresh() posts no body (but Content-Type: application/json) to
+    // /auth/token/refresh and stores the new token, which sdk.admin.user.me() then sends.
+    const refreshed = await sdk.auth.refresh()
+    out.refreshed_token_parts = refreshed.token.split(".").length
+    out.refreshed_token_is_stored = (await sdk.client.getToken()) === refreshed.token
+    out.me = await sdk.admin.user.me()
+  }
   out.sent = sent.slice(start).filter((request) => request.url.includes("/admin/"))
   return out
 }
