@@ -25,7 +25,12 @@ REFERENCE_MAX = 128
 POINTS_MAX = DELTA_MAX_HUNDREDTHS // HUNDREDTHS_PER_POINT
 # Visible ASCII: no spaces, no control characters, nothing a log or a URL would mangle.
 _REFERENCE = re.compile(f"[\\x21-\\x7e]{{1,{REFERENCE_MAX}}}")
-_REFERENCE_RULE = f"reference must be 1 to {REFERENCE_MAX} visible ASCII characters, or null"
+_REFERENCE_CHARACTERS = (
+    "reference must be visible ASCII characters only: no spaces, no control or non-ASCII characters"
+)
+_REFERENCE_RULE = (
+    f"reference must be a string of 1 to {REFERENCE_MAX} visible ASCII characters, or null"
+)
 
 
 def is_null(raw: msgspec.Raw | None) -> bool:
@@ -37,8 +42,17 @@ def reference(raw: msgspec.Raw | None, errors: list[FieldError]) -> str | None:
         return None
     assert raw is not None
     value: str | None = _decoded(raw, str)
-    if value is None or not _REFERENCE.fullmatch(value):
-        errors.append(FieldError("reference", _REFERENCE_RULE))
+    message = None
+    if value is None:
+        message = _REFERENCE_RULE
+    elif not value:
+        message = "reference must not be empty (send null for none)"
+    elif len(value) > REFERENCE_MAX:
+        message = f"reference must be at most {REFERENCE_MAX} characters"
+    elif not _REFERENCE.fullmatch(value):
+        message = _REFERENCE_CHARACTERS
+    if message is not None:
+        errors.append(FieldError("reference", message))
         return None
     return value
 
