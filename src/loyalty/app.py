@@ -19,6 +19,8 @@ from starlette.routing import Router
 from starlette.types import ASGIApp
 
 from loyalty import health
+from loyalty.api_keys import routes as api_key_routes
+from loyalty.api_keys import usage as api_key_usage
 from loyalty.auth import rate_limit
 from loyalty.auth import routes as auth_routes
 from loyalty.auth import service as auth
@@ -119,6 +121,7 @@ def route_table(ctx: AppContext) -> list[Endpoint]:
     table += docs.endpoints(lambda: openapi.document(table))
     table += auth_routes.endpoints(ctx)
     table += customer_routes.endpoints(ctx)
+    table += api_key_routes.endpoints(ctx)
     table += ledger_routes.endpoints(ctx)
     table += event_routes.endpoints(ctx)
     table += webhook_routes.endpoints(ctx)
@@ -143,6 +146,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             cleanups.append(
                 asyncio.create_task(scheduler.run_periodically(ctx.db, ctx.ledger, interval_s))
             )
+            cleanups.append(
+                asyncio.create_task(api_key_usage.run_periodically(ctx.db, ctx.guard.key_uses))
+            )
             window_ms = ctx.settings.login_window_seconds * 1000
             cleanups.append(
                 asyncio.create_task(rate_limit.run_cleanup_periodically(ctx.db, window_ms))
@@ -164,6 +170,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await asyncio.gather(*cleanups, return_exceptions=True)
             # In-flight adjustments finish and are answered before the database closes.
             await ctx.ledger.stop()
+            try:
+                await ctx.guard.key_uses.flush(ctx.db)
+            except Exception:
+                log.exception("recording API keys' last use at shutdown failed")
             await ctx.db.close()
 
     table = route_table(ctx)
