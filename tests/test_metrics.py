@@ -17,6 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import DatabaseFactory
+from tests.receiver import receiving
 from tests.support import (
     ADJUST_PATH,
     ADMIN_EMAIL,
@@ -46,7 +47,13 @@ def metered(
     """A `loyalty serve --workers 2` of this file's own, so that nothing else moves its
     figures between a test's two scrapes."""
     workdir = tmp_path_factory.mktemp(f"metrics-{databases.kind}")
-    with Backend.start(databases.kind, databases.new_url(), workdir, workers=WORKERS) as backend:
+    with Backend.start(
+        databases.kind,
+        databases.new_url(),
+        workdir,
+        workers=WORKERS,
+        LOYALTY_WEBHOOK_RETRY_SCHEDULE="0.2,0.2,0.2",
+    ) as backend:
         all_workers_up(backend.server)
         yield backend
 
@@ -188,6 +195,41 @@ def test_the_event_backlog_is_read_from_the_database(metered: Backend) -> None:
     finally:
         sql(url, "DELETE FROM loyalty_event_consumers WHERE name = $1", name)
     assert ("loyalty_event_backlog", frozenset({("consumer", name)})) not in scrape(metered.server)
+
+
+def test_webhook_attempts_are_counted(metered: Backend) -> None:
+    """A receiver that answers 500 twice, then 200: every scrape counts two failed attempts
+    and one delivery, whichever worker ran the dispatcher."""
+    failures, deliveries = (
+        "loyalty_webhook_delivery_failures_total",
+        "loyalty_webhook_deliveries_total",
+    )
+    before = scrape(metered.server)
+
+    def counted(samples: Samples) -> tuple[float, float]:
+        return (
+            value(samples, failures) - value(before, failures),
+            value(samples, deliveries) - value(before, deliveries),
+        )
+
+    with receiving([500, 500], 200) as receiver, metered.client() as client:
+        response = client.post(
+            "/admin/webhooks", json={"url": receiver.url, "event_types": ["customer.created"]}
+        )
+        assert response.status_code == 200, response.text
+        webhook_id = response.json()["webhook"]["id"]
+        try:
+            new_customer(client)
+            eventually(
+                lambda: counted(scrape(metered.server)) == (2, 1) or None,
+                60,
+                "two failed attempts and a delivery counted",
+            )
+        finally:
+            assert client.post(f"/admin/webhooks/{webhook_id}/disable").status_code == 200
+    assert len(receiver.received()) == 3
+    for _ in range(SCRAPES):
+        assert counted(scrape(metered.server)) == (2, 1)
 
 
 def test_a_killed_worker_leaves_its_counts_and_not_its_live_gauges(metered: Backend) -> None:
