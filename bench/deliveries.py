@@ -1,0 +1,176 @@
+"""S8's event delivery: the receiver process, and what it got of the events of the load.
+
+`ReceiverProcess` starts receiver.py (the webhook endpoint and the NATS subscriber, a process
+of its own) and talks to it over its port. `measure_delivery` runs after S8's wrk: it waits
+until the outbox stops growing (the requests in flight when wrk stopped), reads from the
+database the ids of every event committed during the load (positions after the one read
+just before wrk started), hands them to the receiver, waits (bounded) until both channels
+have each of them, and returns the lags (first arrival minus `created_at`) per channel, the
+time each took to drain after wrk stopped, and the signatures of a sample of webhook
+deliveries checked with `standardwebhooks`.
+"""
+
+from __future__ import annotations
+
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+import httpx
+from common import percentile
+from standardwebhooks import Webhook, WebhookVerificationError
+from tools import BENCH_DIR, say
+
+CHANNELS = ("webhook", "nats")
+READY_TIMEOUT_S = 30.0
+SHUTDOWN_TIMEOUT_S = 20.0
+SETTLE_S = 0.5  # the outbox is taken as complete once its last position holds this long
+SETTLE_TIMEOUT_S = 15.0
+DRAIN_TIMEOUT_S = 60.0  # after wrk stops, how long the receiver may take to get every event
+POLL_S = 0.1
+CONTROL_TIMEOUT_S = 60.0  # /results sorts and sends a list of lags per event
+
+
+class ReceiverProcess:
+    """receiver.py, in a process group of its own; always stopped (stop_receivers)."""
+
+    running: list[ReceiverProcess] = []  # noqa: RUF012  (stopped on any exit)
+
+    def __init__(self, workdir: Path, label: str, nats_url: str, subject: str, stream: str):
+        self.log_path = workdir / f"receiver-{label}.log"
+        self.args = ["--nats-url", nats_url, "--subject", subject, "--stream", stream]
+        self.process: subprocess.Popen[str] | None = None
+        self.port = 0
+        self.shutdown: dict[str, Any] = {}
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def hook_url(self) -> str:
+        return f"{self.base_url}/hook"
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, str(BENCH_DIR / "receiver.py"), *self.args],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                start_new_session=True,
+            )
+        ReceiverProcess.running.append(self)
+        assert self.process.stdout is not None
+        ready, _, _ = select.select([self.process.stdout], [], [], READY_TIMEOUT_S)
+        line = self.process.stdout.readline() if ready else ""
+        if not line.startswith("RECEIVER_READY "):
+            self.stop()
+            tail = self.log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"the webhook receiver / NATS subscriber did not start:\n{tail}")
+        self.port = int(line.split()[1])
+
+    def control(self, method: str, path: str, body: Any = None) -> Any:
+        response = httpx.request(
+            method, f"{self.base_url}{path}", json=body, timeout=CONTROL_TIMEOUT_S
+        )
+        response.raise_for_status()
+        return response.json() if response.content else None
+
+    def stop(self) -> None:
+        """Asks it to delete its NATS stream and exit (the server has stopped by then)."""
+        if self.process is None:
+            return
+        process, self.process = self.process, None
+        if process.poll() is None and self.port:
+            with suppress(httpx.HTTPError, ValueError):
+                self.shutdown = self.control("POST", "/shutdown")
+            with suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=SHUTDOWN_TIMEOUT_S)
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+        if process.stdout is not None:
+            process.stdout.close()
+        if self in ReceiverProcess.running:
+            ReceiverProcess.running.remove(self)
+
+
+def stop_receivers() -> None:
+    for receiver in list(ReceiverProcess.running):
+        receiver.stop()
+
+
+def settle(last_position: Callable[[], int]) -> int:
+    """The outbox's last position once it stops growing (the requests still in flight when
+    wrk stopped commit within milliseconds; bounded all the same)."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    position = last_position()
+    while time.monotonic() < deadline:
+        time.sleep(SETTLE_S)
+        now = last_position()
+        if now == position:
+            return now
+        position = now
+    return position
+
+
+def measure_delivery(
+    receiver: ReceiverProcess,
+    event_ids: list[str],
+    wrk_ended: float,
+    secret: str,
+) -> dict[str, Any]:
+    """What the receiver got of `event_ids` (the load's events): lags, drain, signatures."""
+    receiver.control("POST", "/expect", {"ids": event_ids})
+    drained: dict[str, float | None] = dict.fromkeys(CHANNELS)
+    deadline = wrk_ended + DRAIN_TIMEOUT_S
+    while True:
+        progress = receiver.control("GET", "/progress")
+        for channel in CHANNELS:
+            if drained[channel] is None and progress[channel]["missing"] == 0:
+                drained[channel] = round(time.monotonic() - wrk_ended, 2)
+        if all(d is not None for d in drained.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(POLL_S)
+    results = receiver.control("GET", "/results")
+    record: dict[str, Any] = {"events": len(event_ids), "drain_timeout_s": DRAIN_TIMEOUT_S}
+    for channel in CHANNELS:
+        got = results[channel]
+        lags = got.pop("lags_ms")
+        record[channel] = {
+            **got,
+            "drained_after_s": drained[channel],
+            "p50_ms": percentile(lags, 0.5) if lags else None,
+            "p99_ms": percentile(lags, 0.99) if lags else None,
+            "max_ms": lags[-1] if lags else None,
+        }
+    record["signatures"] = verify_samples(results["samples"], secret)
+    for channel in CHANNELS:
+        c = record[channel]
+        drained = c["drained_after_s"]
+        say(
+            f"S8 {channel}: {c['arrived']:,} of {len(event_ids):,} events,"
+            f" lag p50 {c['p50_ms']} ms, p99 {c['p99_ms']} ms, max {c['max_ms']} ms; "
+            + (f"not all within {DRAIN_TIMEOUT_S:g} s" if drained is None else f"all {drained} s")
+            + f" after wrk; {c['repeats']} repeats"
+        )
+    return record
+
+
+def verify_samples(samples: list[dict[str, Any]], secret: str) -> dict[str, Any]:
+    """Each sampled delivery's Standard Webhooks signature, checked by the reference package."""
+    webhook = Webhook(secret)
+    failures = []
+    for sample in samples:
+        try:
+            webhook.verify(sample["body"], sample["headers"])
+        except WebhookVerificationError as error:
+            failures.append(f"{sample['headers'].get('webhook-id')}: {error}")
+    return {"checked": len(samples), "valid": len(samples) - len(failures), "failures": failures}
