@@ -140,7 +140,11 @@ def measure_delivery(
             break
         time.sleep(POLL_S)
     results = receiver.control("GET", "/results")
-    record: dict[str, Any] = {"events": len(event_ids), "drain_timeout_s": DRAIN_TIMEOUT_S}
+    record: dict[str, Any] = {
+        "events": len(event_ids),
+        "drain_timeout_s": DRAIN_TIMEOUT_S,
+        "receiver_cpu_s": results["cpu_s"],
+    }
     for channel in CHANNELS:
         got = results[channel]
         lags = got.pop("lags_ms")

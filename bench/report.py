@@ -224,7 +224,7 @@ def analyse(result: DatabaseRun) -> None:
         got = None if delivery is None else delivery[channel]
         target(
             f"S8: {shown} delivery lag p99 < {LAG_P99_MAX_MS / 1000:g} s, every event arrived",
-            "—" if got is None or delivery is None else lag_text(got, delivery["events"]),
+            "—" if got is None or delivery is None else lag_text(got, delivery),
             None
             if got is None
             else got["p99_ms"] is not None
@@ -240,12 +240,16 @@ def analyse(result: DatabaseRun) -> None:
     result.targets = targets
 
 
-def lag_text(got: dict[str, Any], events: int) -> str:
+def lag_text(got: dict[str, Any], delivery: dict[str, Any]) -> str:
     drained = got["drained_after_s"]
     return (
         f"p99 {fmt(got['p99_ms'], 0)} ms (p50 {fmt(got['p50_ms'], 0)}); {got['arrived']:,} of"
-        f" {events:,} events, "
-        + ("not all" if drained is None else f"all {drained} s")
+        f" {delivery['events']:,} events, "
+        + (
+            f"not all within {delivery['drain_timeout_s']:g} s"
+            if drained is None
+            else f"the last {drained} s"
+        )
         + " after the load"
     )
 
@@ -426,9 +430,14 @@ def s8_lines(result: DatabaseRun) -> list[str]:
         lines += [
             "",
             f"Webhook signatures: {signatures['valid']} of {signatures['checked']} sampled"
-            " deliveries verified with `standardwebhooks`. NATS stream"
+            " deliveries verified with `standardwebhooks`. The receiver process used"
+            f" {fmt(d.get('receiver_cpu_s'), 1)} CPU-seconds. NATS stream"
             f" {stream.get('stream', '?')}: "
-            + ("deleted" if stream.get("stream_deleted") else f"not deleted ({stream})")
+            + (
+                "deleted"
+                if stream.get("stream_deleted")
+                else f"not deleted ({stream.get('error') or 'no answer'})"
+            )
             + ".",
         ]
     return lines
