@@ -1,17 +1,20 @@
 """S8's event delivery: the receiver process, and what it got of the events of the load.
 
 `ReceiverProcess` starts receiver.py (the webhook endpoint and the NATS subscriber, a process
-of its own) and talks to it over its port. `measure_delivery` runs after S8's wrk: it waits
-until the outbox stops growing (the requests in flight when wrk stopped), reads from the
-database the ids of every event committed during the load (positions after the one read
-just before wrk started), hands them to the receiver, waits (bounded) until both channels
-have each of them, and returns the lags (first arrival minus `created_at`) per channel, the
-time each took to drain after wrk stopped, and the signatures of a sample of webhook
-deliveries checked with `standardwebhooks`.
+of its own) and talks to it over its port. `PhaseEvents` is what S8's phase adds around the
+server: the receiver, the server's NATS settings (a stream and subjects of the run's own),
+and after S8's wrk `after_load`, which waits until the outbox stops growing (the requests in
+flight when wrk stopped), reads from the database the ids of every event committed during
+the load (the positions after the one read just before wrk started), hands them to the
+receiver, waits (bounded) until both channels have each of them, and returns the lags
+(first arrival minus `created_at`) per channel, the time each took to drain after wrk
+stopped, the signatures of a sample of webhook deliveries checked with `standardwebhooks`,
+and whether JetStream holds each adjustment's event exactly once.
 """
 
 from __future__ import annotations
 
+import secrets
 import select
 import subprocess
 import sys
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from backends import Backend
 from common import percentile
 from standardwebhooks import Webhook, WebhookVerificationError
 from tools import BENCH_DIR, say
@@ -34,6 +38,9 @@ SETTLE_TIMEOUT_S = 15.0
 DRAIN_TIMEOUT_S = 60.0  # after wrk stops, how long the receiver may take to get every event
 POLL_S = 0.1
 CONTROL_TIMEOUT_S = 60.0  # /results sorts and sends a list of lags per event
+# JetStream must hold exactly one message per event of this type: every adjustment's event,
+# all made after the publisher started (the warm-up's and the load's).
+COUNTED_TYPE = "points.adjusted"
 
 
 class ReceiverProcess:
@@ -41,9 +48,10 @@ class ReceiverProcess:
 
     running: list[ReceiverProcess] = []  # noqa: RUF012  (stopped on any exit)
 
-    def __init__(self, workdir: Path, label: str, nats_url: str, subject: str, stream: str):
+    def __init__(self, workdir: Path, label: str, nats_url: str, prefix: str, stream: str):
         self.log_path = workdir / f"receiver-{label}.log"
-        self.args = ["--nats-url", nats_url, "--subject", subject, "--stream", stream]
+        self.prefix = prefix
+        self.args = ["--nats-url", nats_url, "--subject", f"{prefix}.>", "--stream", stream]
         self.process: subprocess.Popen[str] | None = None
         self.port = 0
         self.shutdown: dict[str, Any] = {}
@@ -100,6 +108,83 @@ class ReceiverProcess:
             process.stdout.close()
         if self in ReceiverProcess.running:
             ReceiverProcess.running.remove(self)
+
+
+class PhaseEvents:
+    """S8's phase around its server: the receiver, the NATS settings, the load's events."""
+
+    def __init__(self, backend: Backend, url: str, workdir: Path, label: str, nats_url: str):
+        self.backend = backend
+        self.url = url
+        unique = secrets.token_hex(4)
+        # A stream and subjects of this run alone (deleted after): no other run or test
+        # publishes there, and ours goes nowhere else.
+        stream = f"BENCH_{label.replace('-', '_')}_{unique}"
+        prefix = f"bench_{unique}"
+        self.receiver = ReceiverProcess(workdir, label, nats_url, prefix, stream)
+        self.settings = {
+            "LOYALTY_NATS_URL": nats_url,
+            "LOYALTY_NATS_STREAM": stream,
+            "LOYALTY_NATS_SUBJECT_PREFIX": prefix,
+        }
+
+    @property
+    def hook_url(self) -> str:
+        return self.receiver.hook_url
+
+    def start(self) -> None:
+        self.receiver.start()
+
+    def position(self) -> int:
+        return self.backend.last_event_position(self.url)
+
+    def after_load(self, before: int, secret: str) -> tuple[dict[str, Any], list[str]]:
+        """What the receiver got of the events after position `before` (read just before
+        wrk started; call this as wrk returns); and the failed checks, if any."""
+        wrk_ended = time.monotonic()
+        through = settle(self.position)
+        event_ids = self.backend.event_ids(self.url, before, through)
+        record = measure_delivery(self.receiver, event_ids, wrk_ended, secret)
+        record["positions"] = [before, through]
+        errors = []
+        for channel in CHANNELS:
+            if record[channel]["missing"]:
+                errors.append(
+                    f"{record[channel]['missing']} of {len(event_ids)} events of the load did"
+                    f" not reach the {channel} receiver within {DRAIN_TIMEOUT_S:g} s of its end"
+                )
+        signatures = record["signatures"]
+        if signatures["failures"] or not signatures["checked"]:
+            errors.append(
+                f"{signatures['valid']} of {signatures['checked']} sampled webhook signatures"
+                f" verified: {'; '.join(signatures['failures'][:3])}"
+            )
+        if record["nats"]["drained_after_s"] is not None:
+            held = jetstream_holds(self.receiver, COUNTED_TYPE)
+            outbox = self.backend.query_ints(
+                self.url, f"SELECT count(*) FROM loyalty_events WHERE type = '{COUNTED_TYPE}'"
+            )[0]
+            record["jetstream"] = {
+                "type": COUNTED_TYPE,
+                "held": held,
+                "outbox": outbox,
+                "ok": held == outbox,
+            }
+            say(f"S8: JetStream holds {held} {COUNTED_TYPE} messages for {outbox} events")
+            if held != outbox:
+                errors.append(
+                    f"the NATS stream holds {held} {COUNTED_TYPE} messages for {outbox} such"
+                    " events in the outbox"
+                )
+        return record, errors
+
+    def stop(self) -> dict[str, Any]:
+        """Stops the receiver, which deletes the stream; returns what became of it."""
+        self.receiver.stop()
+        outcome = self.receiver.shutdown
+        if not outcome.get("stream_deleted"):
+            say(f"warning: NATS stream not deleted: {outcome or 'no answer'}")
+        return outcome
 
 
 def stop_receivers() -> None:
@@ -166,6 +251,15 @@ def measure_delivery(
             + f" after wrk; {c['repeats']} repeats"
         )
     return record
+
+
+def jetstream_holds(receiver: ReceiverProcess, event_type: str) -> int | None:
+    """How many messages of `event_type` the run's stream holds (None: it could not say)."""
+    answer = receiver.control("GET", "/stream")
+    if answer["subjects"] is None:
+        say(f"S8: could not read the NATS stream: {answer['error']}")
+        return None
+    return int(answer["subjects"].get(f"{receiver.prefix}.{event_type}", 0))
 
 
 def verify_samples(samples: list[dict[str, Any]], secret: str) -> dict[str, Any]:

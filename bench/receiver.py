@@ -15,6 +15,7 @@ The harness drives it over the same port:
 - `GET /results`: per channel, each expected event's lag (its first arrival minus its
   `created_at`, in ms), the missing, the deliveries and repeats; and a random sample of the
   expected webhook deliveries, headers and body, whose signatures the harness verifies;
+- `GET /stream`: the number of messages the JetStream stream (--stream) holds per subject;
 - `POST /shutdown`: deletes the NATS stream named by --stream (the server that published
   to it has stopped by then), answers, and exits.
 """
@@ -106,19 +107,22 @@ class Channel:
 class Receiver:
     """The state the HTTP connections and the NATS subscription share."""
 
-    def __init__(self, nats_client: NatsClient | None, stream: str | None) -> None:
+    def __init__(
+        self, nats_client: NatsClient | None, subject: str | None, stream: str | None
+    ) -> None:
         self.webhook = Channel()
         self.nats = Channel()
         self.expected: list[str] = []
         self.nats_client = nats_client
+        self.subject = subject
         self.stream = stream
         self.stopping = asyncio.Event()
 
     async def on_message(self, msg: Msg) -> None:
         self.nats.raw.append((time.time(), b"", msg.data))
 
-    def control(self, method: bytes, target: bytes, body: bytes) -> bytes | None:
-        """Answers a control request; None when the answer comes later (shutdown)."""
+    def control(self, method: bytes, target: bytes, body: bytes) -> bytes:
+        """Answers a control request (but /stream and /shutdown, which wait on NATS)."""
         if method == b"POST" and target == b"/expect":
             self.expected = [str(i) for i in json.loads(body)["ids"]]
             return NO_CONTENT
@@ -157,6 +161,17 @@ class Receiver:
                     headers[name.strip().lower()] = value.strip()
             found.append({"headers": headers, "body": body.decode("utf-8", "replace")})
         return found
+
+    async def stream_subjects(self) -> dict[str, Any]:
+        """What JetStream holds: a message per subject per event it stored (once per id)."""
+        if self.nats_client is None or not self.stream:
+            return {"subjects": None, "error": "no stream"}
+        try:
+            js = self.nats_client.jetstream()
+            info = await js.stream_info(self.stream, subjects_filter=self.subject or ">")
+        except Exception as error:  # reported to the harness, which records it
+            return {"subjects": None, "error": f"{type(error).__name__}: {error}"}
+        return {"subjects": info.state.subjects or {}, "error": None}
 
     async def shutdown(self) -> dict[str, Any]:
         outcome: dict[str, Any] = {"stream": self.stream, "stream_deleted": False, "error": None}
@@ -221,12 +236,16 @@ class Http(asyncio.Protocol):
                 transport.write(NO_CONTENT)
                 continue
             method, target = head.split(b" ", 2)[:2]
+            if method == b"GET" and target == b"/stream":
+                asyncio.get_running_loop().create_task(self.stream(transport))
+                return
             if method == b"POST" and target == b"/shutdown":
                 asyncio.get_running_loop().create_task(self.shut_down(transport))
                 return
-            answer = self.receiver.control(method, target, body)
-            if answer is not None:
-                transport.write(answer)
+            transport.write(self.receiver.control(method, target, body))
+
+    async def stream(self, transport: asyncio.Transport) -> None:
+        transport.write(_json(await self.receiver.stream_subjects()))
 
     async def shut_down(self, transport: asyncio.Transport) -> None:
         transport.write(_json(await self.receiver.shutdown()))
@@ -237,7 +256,7 @@ async def serve(nats_url: str | None, subject: str | None, stream: str | None) -
     client = None
     if nats_url is not None:
         client = await nats.connect(nats_url, connect_timeout=5, allow_reconnect=False)
-    receiver = Receiver(client, stream)
+    receiver = Receiver(client, subject, stream)
     if client is not None and subject is not None:
         await client.subscribe(
             subject,

@@ -407,6 +407,7 @@ def s8_lines(result: DatabaseRun) -> list[str]:
     for d in result.deliveries:
         signatures = d["signatures"]
         stream = d.get("nats_stream") or {}
+        held = d.get("jetstream")
         lines += [
             "",
             f"S8, delivery of the {d['events']:,} events committed during the load (lag: first"
@@ -431,8 +432,14 @@ def s8_lines(result: DatabaseRun) -> list[str]:
             "",
             f"Webhook signatures: {signatures['valid']} of {signatures['checked']} sampled"
             " deliveries verified with `standardwebhooks`. The receiver process used"
-            f" {fmt(d.get('receiver_cpu_s'), 1)} CPU-seconds. NATS stream"
-            f" {stream.get('stream', '?')}: "
+            f" {fmt(d.get('receiver_cpu_s'), 1)} CPU-seconds. "
+            + (
+                "JetStream not counted (not every event reached the subscriber)"
+                if held is None
+                else f"JetStream holds {held['held']} {held['type']} messages for"
+                f" {held['outbox']} such events in the outbox ({'ok' if held['ok'] else 'WRONG'})"
+            )
+            + f". NATS stream {stream.get('stream', '?')}: "
             + (
                 "deleted"
                 if stream.get("stream_deleted")

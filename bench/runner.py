@@ -30,7 +30,7 @@ from pathlib import Path
 
 from backends import Backend
 from common import BIG_CUSTOMER, BULK_ITEMS, LoadPlan
-from deliveries import ReceiverProcess, measure_delivery, settle, stop_receivers
+from deliveries import PhaseEvents, stop_receivers
 from records import DatabaseRun, Measurement
 from scenarios import (
     ID_LISTS,
@@ -146,10 +146,10 @@ class DatabaseRunner:
         name = phase.name
         url = self.backend.new_database(name)
         label = f"{self.kind}-{name}"
-        receiver = None
-        settings: dict[str, str] = {}
+        events = None
         if phase.integrations:
-            receiver, settings = self.receiver(label)
+            events = PhaseEvents(self.backend, url, self.workdir, label, self.options.nats_url)
+        settings = events.settings if events is not None else None
         server = Server(url, self.workdir, label, self.secret, self.password, settings)
         tally = AdjustmentTally()
         preloaded = 0
@@ -157,16 +157,16 @@ class DatabaseRunner:
         webhook_secret = ""
         try:
             with self.timed(f"{name}: start and create customers"):
-                if receiver is not None:
-                    receiver.start()
+                if events is not None:
+                    events.start()
                 server.start()
                 token = server.login()
                 ids = [*ID_LISTS["random"], *phase.extra_customers]
                 server.create_customers(token, ids)
                 say(f"{self.kind} {name}: service up on {server.base_url}, {len(ids)} customers")
-                if receiver is not None:
-                    _, webhook_secret = server.create_webhook(token, receiver.hook_url)
-                    say(f"{self.kind} {name}: webhook endpoint {receiver.hook_url}, NATS")
+                if events is not None:
+                    _, webhook_secret = server.create_webhook(token, events.hook_url)
+                    say(f"{self.kind} {name}: webhook endpoint {events.hook_url}, NATS")
                 if phase.seed_big:
                     server.adjust_several(token, BIG_CUSTOMER, phase.seed_big)
                     tally.answered += phase.seed_big
@@ -186,11 +186,16 @@ class DatabaseRunner:
                 tally.add(warm, WARMUP)
                 for scenario in phase.scenarios:
                     duration_s = scenario_s(scenario, self.options.quick, self.options.duration_s)
-                    before = self.backend.last_event_position(url) if scenario.events else 0
+                    watched = events if scenario.events else None
+                    before = watched.position() if watched is not None else 0
                     m = self.measure(server, scenario, duration_s, name, as_of)
                     self.result.measurements.append(m)
-                    if scenario.events and receiver is not None:
-                        self.delivery(url, receiver, before, webhook_secret, m)
+                    if watched is not None:
+                        record, errors = watched.after_load(before, webhook_secret)
+                        self.result.deliveries.append(
+                            {"phase": name, "scenario": scenario.name, **record}
+                        )
+                        self.result.errors += [f"{name}: {error}" for error in errors]
                     tally.add(m, scenario)
                     say(
                         f"{self.kind} {name}: {m.scenario} {m.title}, c={m.connections}:"
@@ -206,64 +211,16 @@ class DatabaseRunner:
             ) from error
         finally:
             server.stop()
-            if receiver is not None:
-                receiver.stop()
-                self.stream_deleted(receiver)
+            if events is not None:
+                deleted = events.stop()  # the stream, once the server no longer publishes
+                for record in self.result.deliveries:
+                    record.setdefault("nats_stream", deleted)
         with self.timed(f"{name}: verify"):
             self.verify(url, name)
             recorded = self.backend.count_adjustments(url) - preloaded
         self.check_ledger(name, tally, recorded)
         if not self.options.keep:
             self.backend.drop(url)
-
-    def receiver(self, label: str) -> tuple[ReceiverProcess, dict[str, str]]:
-        """S8's receiver, and the server's NATS settings: a stream and subjects of this run's
-        own (deleted after), so that it does not mix with other runs or the tests."""
-        unique = secrets.token_hex(4)
-        stream = f"BENCH_{self.result.started_at}_{self.kind}_{unique}"
-        prefix = f"bench_{unique}"
-        nats_url = self.options.nats_url
-        receiver = ReceiverProcess(self.workdir, label, nats_url, f"{prefix}.>", stream)
-        settings = {
-            "LOYALTY_NATS_URL": self.options.nats_url,
-            "LOYALTY_NATS_STREAM": stream,
-            "LOYALTY_NATS_SUBJECT_PREFIX": prefix,
-        }
-        return receiver, settings
-
-    def delivery(
-        self, url: str, receiver: ReceiverProcess, before: int, secret: str, m: Measurement
-    ) -> None:
-        """After S8's wrk: every event its load committed must reach the receiver on both
-        channels (bounded wait); records the lags and drain times and checks signatures."""
-        wrk_ended = time.monotonic()
-        through = settle(lambda: self.backend.last_event_position(url))
-        event_ids = self.backend.event_ids(url, before, through)
-        record = measure_delivery(receiver, event_ids, wrk_ended, secret)
-        self.result.deliveries.append(
-            {"phase": m.phase, "scenario": m.scenario, "positions": [before, through], **record}
-        )
-        for channel in ("webhook", "nats"):
-            missing = record[channel]["missing"]
-            if missing:
-                self.result.errors.append(
-                    f"{m.phase}: {missing} of {len(event_ids)} events of {m.scenario}'s load"
-                    f" did not reach the {channel} receiver within {record['drain_timeout_s']:g}"
-                    " s of the load's end"
-                )
-        signatures = record["signatures"]
-        if signatures["failures"] or not signatures["checked"]:
-            self.result.errors.append(
-                f"{m.phase}: {signatures['valid']} of {signatures['checked']} sampled webhook"
-                f" signatures verified: {'; '.join(signatures['failures'][:3])}"
-            )
-
-    def stream_deleted(self, receiver: ReceiverProcess) -> None:
-        outcome = receiver.shutdown
-        if self.result.deliveries:
-            self.result.deliveries[-1]["nats_stream"] = outcome
-        if not outcome.get("stream_deleted"):
-            say(f"{self.kind}: warning: NATS stream not deleted: {outcome or 'no answer'}")
 
     def bulk_load(self, url: str, phase: str, plan: LoadPlan) -> int:
         """A bulk load, which must pass `loyalty verify`; returns the rows it added."""
