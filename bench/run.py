@@ -33,9 +33,9 @@ from backends import DEFAULT_PG_URL, LOOPBACK_HOSTS, create_backend
 from deliveries import stop_receivers
 from report import analyse, checks_failed, render_markdown, targets_missed, write_results
 from runner import RunOptions, run_database
-from scenarios import FULL_DURATION_S, QUICK_DURATION_S, SCENARIO_NAMES
+from scenarios import FULL_DURATION_S, QUICK_DURATION_S, SCENARIO_NAMES, phases
 from server import stop_all
-from tools import ensure_tools, say
+from tools import ensure_nats, ensure_tools, say
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 
@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         only=args.only,
     )
     ensure_tools("postgresql" in kinds)
+    if any(p.integrations for p in phases(args.quick, args.skip_s5, args.only)):
+        ensure_nats(args.nats_url)
     workdir = Path(tempfile.mkdtemp(prefix="loyalty-bench-"))
     say(f"bench: {', '.join(kinds)}; {args.duration} s per scenario; work files in {workdir}")
     failed = False
