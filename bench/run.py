@@ -80,6 +80,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--duration must be at least 1 second")
     if urlsplit(args.pg_url).hostname not in LOOPBACK_HOSTS:
         parser.error("--pg-url must name a loopback address (127.0.0.1, localhost, ::1)")
+    if args.only is not None and not phases(args.quick, args.skip_s5, args.only):
+        parser.error("--only names no scenario that this mode runs (--quick: no S2 or S5)")
     if urlsplit(args.nats_url).hostname not in LOOPBACK_HOSTS:
         parser.error("--nats-url must name a loopback address (127.0.0.1, localhost, ::1)")
     return args

@@ -178,8 +178,9 @@ def raw_specs(database: str, quick: bool, only: frozenset[str] | None = None) ->
     """The raw limits to measure (with `only`: those its scenarios are compared with)."""
     specs = QUICK_RAW_SPECS if quick else FULL_RAW_SPECS
     if only is not None:
-        works = {s.raw_work for phase in phases(quick, False, only) for s in phase.scenarios}
-        specs = tuple(spec for spec in specs if spec.work in works)
+        kept = phases(quick, False, only)
+        needed = {(s.raw_work, s.connections) for phase in kept for s in phase.scenarios}
+        specs = tuple(spec for spec in specs if (spec.work, spec.clients) in needed)
     # Each distinct spec once, in the order of its first appearance.
     return list(dict.fromkeys(RawSpec(s.work, raw_clients(database, s.clients)) for s in specs))
 
