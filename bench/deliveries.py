@@ -1,15 +1,15 @@
-"""S8's event delivery: the receiver process, and what it got of the events of the load.
+"""S8's event delivery: the receiving processes, and what they got of the events of the load.
 
-`ReceiverProcess` starts receiver.py (the webhook endpoint and the NATS subscriber, a process
-of its own) and talks to it over its port. `PhaseEvents` is what S8's phase adds around the
-server: the receiver, the server's NATS settings (a stream and subjects of the run's own),
-and after S8's wrk `after_load`, which waits until the outbox stops growing (the requests in
-flight when wrk stopped), reads from the database the ids of every event committed during
-the load (the positions after the one read just before wrk started), hands them to the
-receiver, waits (bounded) until both channels have each of them, and returns the lags
-(first arrival minus `created_at`) per channel, the time each took to drain after wrk
-stopped, the signatures of a sample of webhook deliveries checked with `standardwebhooks`,
-and whether JetStream holds each adjustment's event exactly once.
+`ReceiverProcess` starts receiver.py (a process of its own) and talks to it over its port.
+`PhaseEvents` is what S8's phase adds around the server: two receivers, one the webhook
+endpoint and one the NATS subscriber, the server's NATS settings (a stream and subjects of
+the run's own), and after S8's wrk `after_load`, which waits until the outbox stops growing
+(the requests in flight when wrk stopped), reads from the database the ids of every event
+committed during the load (the positions after the one read just before wrk started), hands
+them to the receivers, waits (bounded) until both channels have each of them, and returns
+the lags (first arrival minus `created_at`) per channel, the time each took to drain after
+wrk stopped, the signatures of a sample of webhook deliveries checked with
+`standardwebhooks`, and whether JetStream holds each adjustment's event exactly once.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ READY_TIMEOUT_S = 30.0
 SHUTDOWN_TIMEOUT_S = 20.0
 SETTLE_S = 0.5  # the outbox is taken as complete once its last position holds this long
 SETTLE_TIMEOUT_S = 15.0
-DRAIN_TIMEOUT_S = 60.0  # after wrk stops, how long the receiver may take to get every event
+DRAIN_TIMEOUT_S = 60.0  # after wrk stops, how long the receivers may take to get every event
 POLL_S = 0.1
 CONTROL_TIMEOUT_S = 60.0  # /results sorts and sends a list of lags per event
 # JetStream must hold exactly one message per event of this type: every adjustment's event,
@@ -48,10 +48,9 @@ class ReceiverProcess:
 
     running: list[ReceiverProcess] = []  # noqa: RUF012  (stopped on any exit)
 
-    def __init__(self, workdir: Path, label: str, nats_url: str, prefix: str, stream: str):
+    def __init__(self, workdir: Path, label: str, args: list[str]):
         self.log_path = workdir / f"receiver-{label}.log"
-        self.prefix = prefix
-        self.args = ["--nats-url", nats_url, "--subject", f"{prefix}.>", "--stream", stream]
+        self.args = args  # receiver.py's options: none for the webhook, NATS's for NATS
         self.process: subprocess.Popen[str] | None = None
         self.port = 0
         self.shutdown: dict[str, Any] = {}
@@ -81,7 +80,7 @@ class ReceiverProcess:
         if not line.startswith("RECEIVER_READY "):
             self.stop()
             tail = self.log_path.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"the webhook receiver / NATS subscriber did not start:\n{tail}")
+            raise RuntimeError(f"the receiver ({self.log_path.name}) did not start:\n{tail}")
         self.port = int(line.split()[1])
 
     def control(self, method: str, path: str, body: Any = None) -> Any:
@@ -92,7 +91,8 @@ class ReceiverProcess:
         return response.json() if response.content else None
 
     def stop(self) -> None:
-        """Asks it to delete its NATS stream and exit (the server has stopped by then)."""
+        """Asks it to exit, deleting its NATS stream if it has one (the server has stopped
+        by then)."""
         if self.process is None:
             return
         process, self.process = self.process, None
@@ -111,7 +111,7 @@ class ReceiverProcess:
 
 
 class PhaseEvents:
-    """S8's phase around its server: the receiver, the NATS settings, the load's events."""
+    """S8's phase around its server: the receivers, the NATS settings, the load's events."""
 
     def __init__(self, backend: Backend, url: str, workdir: Path, label: str, nats_url: str):
         self.backend = backend
@@ -120,8 +120,15 @@ class PhaseEvents:
         # A stream and subjects of this run alone (deleted after): no other run or test
         # publishes there, and ours goes nowhere else.
         stream = f"BENCH_{label.replace('-', '_')}_{unique}"
-        prefix = f"bench_{unique}"
-        self.receiver = ReceiverProcess(workdir, label, nats_url, prefix, stream)
+        self.prefix = prefix = f"bench_{unique}"
+        # Two processes: a NATS subscriber sharing its event loop with the webhook's HTTP
+        # reads behind it, and the NATS server then holds the publisher back (measured: the
+        # service's windows of 500 events took 6-8 s to publish instead of 0.1-0.3 s).
+        nats_args = ["--nats-url", nats_url, "--subject", f"{prefix}.>", "--stream", stream]
+        self.receivers = {
+            "webhook": ReceiverProcess(workdir, f"{label}-webhook", []),
+            "nats": ReceiverProcess(workdir, f"{label}-nats", nats_args),
+        }
         self.settings = {
             "LOYALTY_NATS_URL": nats_url,
             "LOYALTY_NATS_STREAM": stream,
@@ -130,21 +137,22 @@ class PhaseEvents:
 
     @property
     def hook_url(self) -> str:
-        return self.receiver.hook_url
+        return self.receivers["webhook"].hook_url
 
     def start(self) -> None:
-        self.receiver.start()
+        for receiver in self.receivers.values():
+            receiver.start()
 
     def position(self) -> int:
         return self.backend.last_event_position(self.url)
 
     def after_load(self, before: int, secret: str) -> tuple[dict[str, Any], list[str]]:
-        """What the receiver got of the events after position `before` (read just before
+        """What the receivers got of the events after position `before` (read just before
         wrk started; call this as wrk returns); and the failed checks, if any."""
         wrk_ended = time.monotonic()
         through = settle(self.position)
         event_ids = self.backend.event_ids(self.url, before, through)
-        record = measure_delivery(self.receiver, event_ids, wrk_ended, secret)
+        record = measure_delivery(self.receivers, event_ids, wrk_ended, secret)
         record["positions"] = [before, through]
         errors = []
         for channel in CHANNELS:
@@ -160,7 +168,7 @@ class PhaseEvents:
                 f" verified: {'; '.join(signatures['failures'][:3])}"
             )
         if record["nats"]["drained_after_s"] is not None:
-            held = jetstream_holds(self.receiver, COUNTED_TYPE)
+            held = jetstream_holds(self.receivers["nats"], f"{self.prefix}.{COUNTED_TYPE}")
             outbox = self.backend.query_ints(
                 self.url, f"SELECT count(*) FROM loyalty_events WHERE type = '{COUNTED_TYPE}'"
             )[0]
@@ -179,9 +187,10 @@ class PhaseEvents:
         return record, errors
 
     def stop(self) -> dict[str, Any]:
-        """Stops the receiver, which deletes the stream; returns what became of it."""
-        self.receiver.stop()
-        outcome = self.receiver.shutdown
+        """Stops the receivers (NATS's deletes the stream); returns what became of it."""
+        for receiver in self.receivers.values():
+            receiver.stop()
+        outcome = self.receivers["nats"].shutdown
         if not outcome.get("stream_deleted"):
             say(f"warning: NATS stream not deleted: {outcome or 'no answer'}")
         return outcome
@@ -207,31 +216,34 @@ def settle(last_position: Callable[[], int]) -> int:
 
 
 def measure_delivery(
-    receiver: ReceiverProcess,
+    receivers: dict[str, ReceiverProcess],
     event_ids: list[str],
     wrk_ended: float,
     secret: str,
 ) -> dict[str, Any]:
-    """What the receiver got of `event_ids` (the load's events): lags, drain, signatures."""
-    receiver.control("POST", "/expect", {"ids": event_ids})
+    """What each channel's receiver got of `event_ids` (the load's events): lags, drain,
+    signatures."""
+    for receiver in receivers.values():
+        receiver.control("POST", "/expect", {"ids": event_ids})
     drained: dict[str, float | None] = dict.fromkeys(CHANNELS)
     deadline = wrk_ended + DRAIN_TIMEOUT_S
     while True:
-        progress = receiver.control("GET", "/progress")
         for channel in CHANNELS:
-            if drained[channel] is None and progress[channel]["missing"] == 0:
-                drained[channel] = round(time.monotonic() - wrk_ended, 2)
+            if drained[channel] is None:
+                progress = receivers[channel].control("GET", "/progress")
+                if progress[channel]["missing"] == 0:
+                    drained[channel] = round(time.monotonic() - wrk_ended, 2)
         if all(d is not None for d in drained.values()) or time.monotonic() > deadline:
             break
         time.sleep(POLL_S)
-    results = receiver.control("GET", "/results")
+    results = {channel: receivers[channel].control("GET", "/results") for channel in CHANNELS}
     record: dict[str, Any] = {
         "events": len(event_ids),
         "drain_timeout_s": DRAIN_TIMEOUT_S,
-        "receiver_cpu_s": results["cpu_s"],
+        "receiver_cpu_s": round(sum(r["cpu_s"] for r in results.values()), 2),
     }
     for channel in CHANNELS:
-        got = results[channel]
+        got = results[channel][channel]
         lags = got.pop("lags_ms")
         record[channel] = {
             **got,
@@ -240,7 +252,7 @@ def measure_delivery(
             "p99_ms": percentile(lags, 0.99) if lags else None,
             "max_ms": lags[-1] if lags else None,
         }
-    record["signatures"] = verify_samples(results["samples"], secret)
+    record["signatures"] = verify_samples(results["webhook"]["samples"], secret)
     for channel in CHANNELS:
         c = record[channel]
         drained = c["drained_after_s"]
@@ -253,13 +265,13 @@ def measure_delivery(
     return record
 
 
-def jetstream_holds(receiver: ReceiverProcess, event_type: str) -> int | None:
-    """How many messages of `event_type` the run's stream holds (None: it could not say)."""
+def jetstream_holds(receiver: ReceiverProcess, subject: str) -> int | None:
+    """How many messages of `subject` the run's stream holds (None: it could not say)."""
     answer = receiver.control("GET", "/stream")
     if answer["subjects"] is None:
         say(f"S8: could not read the NATS stream: {answer['error']}")
         return None
-    return int(answer["subjects"].get(f"{receiver.prefix}.{event_type}", 0))
+    return int(answer["subjects"].get(subject, 0))
 
 
 def verify_samples(samples: list[dict[str, Any]], secret: str) -> dict[str, Any]:

@@ -1,13 +1,15 @@
-"""S8's receiving end, run as a process of its own: a webhook endpoint and a NATS subscriber.
+"""S8's receiving end, run as a process of its own: a webhook endpoint or a NATS subscriber.
 
-    python receiver.py [--nats-url URL --subject PREFIX.> --stream NAME]
+    python receiver.py                                             # the webhook endpoint
+    python receiver.py --nats-url URL --subject PREFIX.> --stream NAME   # the NATS subscriber
 
 It listens on a free loopback port and prints `RECEIVER_READY <port>` once it listens (and
 is subscribed). Every `POST /hook` is answered 204 at once; its arrival time, head and body
 are kept as they came, and read only when the harness asks (so the hot path is the HTTP
 parse, a list append and the answer). Each NATS message on the subject is kept the same way.
-A process of its own, so that it does not share the GIL with the harness; plain asyncio
-streams on uvloop, so that it costs the 2 shared cores as little as it can.
+The harness runs one process per channel (deliveries.py says why), each apart from the
+harness's GIL; a bare asyncio protocol on uvloop, so that it costs the 2 shared cores as
+little as it can.
 
 The harness drives it over the same port:
 - `POST /expect` `{"ids": [...]}`: the events of the measured window (from the database);
