@@ -39,7 +39,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
-## bench-quick: a subset of `make bench` of a few minutes per database (no S5; S7 on 100,000 adjustments)
+## bench-quick: a subset of `make bench` of a few minutes per database (no S5; S7 on 100,000 adjustments; S8)
 bench-quick: $(STAMP)
 	$(BIN)/python bench/run.py --quick
 

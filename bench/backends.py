@@ -3,9 +3,10 @@
 A backend makes and drops scratch databases (SQLite files under the run's work directory,
 PostgreSQL databases named `loyalty_bench_<stamp>_<label>`), seeds the raw limit's
 customers, measures a raw limit (sqlite_loop.py, or pgbench with the scripts in pgbench/),
-counts the ledger's rows, finds S7's point in time, and bulk-loads S5's and S7's databases
-with bulk_load.py. What both do the same way (running the measuring tool, building its
-result, reporting the bulk load's progress, S7's point in time) lives in the base class.
+counts the ledger's rows, finds S7's point in time and S8's events, and bulk-loads S5's and
+S7's databases with bulk_load.py. What both do the same way (running the measuring tool,
+building its result, reporting the bulk load's progress, S7's point in time, S8's events)
+lives in the base class.
 """
 
 from __future__ import annotations
@@ -85,6 +86,22 @@ class Backend(ABC):
     @abstractmethod
     def query_ints(self, url: str, sql: str) -> tuple[int, ...]:
         """The first row of `sql`'s answer, every column an integer (empty: no row)."""
+
+    @abstractmethod
+    def query_texts(self, url: str, sql: str) -> list[str]:
+        """The first column of every row of `sql`'s answer, as text."""
+
+    def last_event_position(self, url: str) -> int:
+        """The outbox's last position (positions follow commit order, without gaps)."""
+        return self.query_ints(url, "SELECT last_position FROM loyalty_event_sequence")[0]
+
+    def event_ids(self, url: str, after: int, through: int) -> list[str]:
+        """The ids of the events at positions after `after` up to `through`."""
+        return self.query_texts(
+            url,
+            f"SELECT id FROM loyalty_events WHERE position > {after} AND position <= {through}"
+            " ORDER BY position",
+        )
 
     def as_of_point(self, url: str, customer: str) -> AsOfPoint:
         """The created_at of `customer`'s adjustment number last_seq / 2, and the balance
@@ -211,6 +228,13 @@ class SqliteBackend(Backend):
         finally:
             conn.close()
 
+    def query_texts(self, url: str, sql: str) -> list[str]:
+        conn = sqlite_connect(self._path(url))
+        try:
+            return [str(row[0]) for row in conn.execute(sql)]
+        finally:
+            conn.close()
+
     def raw(self, url: str, spec: RawSpec, duration_s: int, workdir: Path) -> RawResult:
         output = run_measuring_tool(
             [
@@ -331,6 +355,9 @@ VACUUM ANALYZE;
     def query_ints(self, url: str, sql: str) -> tuple[int, ...]:
         lines = psql(url, sql + ";").splitlines()
         return tuple(int(value) for value in lines[0].split("|")) if lines else ()
+
+    def query_texts(self, url: str, sql: str) -> list[str]:
+        return [line.split("|")[0] for line in psql(url, sql + ";").splitlines()]
 
     def raw(self, url: str, spec: RawSpec, duration_s: int, workdir: Path) -> RawResult:
         prefix = workdir / f"pgbench-{spec.work}-{spec.clients}"

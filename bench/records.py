@@ -14,7 +14,7 @@ from typing import Any
 
 @dataclass
 class Measurement:
-    phase: str  # main, s5-fresh, s5-loaded, s7-loaded
+    phase: str  # main, s8, s5-fresh, s5-loaded, s7-loaded
     scenario: str
     title: str
     connections: int
@@ -64,8 +64,12 @@ class DatabaseRun:
     s5: list[dict[str, Any]] = field(default_factory=list)
     s6: list[dict[str, Any]] = field(default_factory=list)
     s7: list[dict[str, Any]] = field(default_factory=list)
+    # S8 against S1 at 64 connections in the same run: req/s of each and their ratio.
+    s8: list[dict[str, Any]] = field(default_factory=list)
     # S7's point in time per phase: the as_of sent, the balance expected there, the answer.
     as_of: list[dict[str, Any]] = field(default_factory=list)
+    # S8: the load's events at the webhook receiver and on NATS (lags, drain, signatures).
+    deliveries: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     # CPU used by other processes while the harness itself was idle: noise in the numbers.
     background_cpu_percent: dict[str, float] = field(default_factory=dict)

@@ -5,13 +5,16 @@ For each database (SQLite, PostgreSQL) it measures the raw limit of the database
 configuration on a fresh database, creates customers through the API, drives it with wrk
 for a fixed duration per scenario, records each worker's peak memory, stops it and runs
 `loyalty verify`. S5 repeats the adjust scenarios on a database bulk-loaded with 5,000,000
-adjustments and on a fresh one; S7 reads a balance as_of the middle of a customer's history on
-a fresh database and on a bulk-loaded one. Results: a Markdown table and a JSON file per database in
-bench/results/, and the same table on standard output. This module is the entry point
+adjustments and on a fresh one; S7 reads a balance as_of the middle of a customer's history
+on a fresh database and on a bulk-loaded one; S8 is S1 on a server that also publishes its
+events to NATS and delivers them to a webhook endpoint, and measures their lag. Results: a
+Markdown table and a JSON file per database in bench/results/, and the same table on
+standard output. This module is the entry point
 (options, signals, the loop over the databases, the exit code); the work is in the modules
 beside it (bench/README.md, "Layout").
 
-Only the standard library and httpx; wrk, pgbench and psql are run as commands.
+The standard library and httpx (S8: the service's own nats-py, standardwebhooks and uvloop);
+wrk, pgbench and psql are run as commands.
 """
 
 from __future__ import annotations
@@ -27,11 +30,14 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from backends import DEFAULT_PG_URL, LOOPBACK_HOSTS, create_backend
+from deliveries import stop_receivers
 from report import analyse, checks_failed, render_markdown, targets_missed, write_results
 from runner import RunOptions, run_database
-from scenarios import FULL_DURATION_S, QUICK_DURATION_S
+from scenarios import FULL_DURATION_S, QUICK_DURATION_S, SCENARIO_NAMES, phases
 from server import stop_all
-from tools import ensure_tools, say
+from tools import ensure_nats, ensure_tools, say
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -52,6 +58,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="maintenance database on a loopback address (default %(default)s)",
     )
     parser.add_argument(
+        "--nats-url",
+        default=os.environ.get("LOYALTY_BENCH_NATS_URL", DEFAULT_NATS_URL),
+        help="S8's NATS server with JetStream, on a loopback address (default %(default)s)",
+    )
+    parser.add_argument(
+        "--only",
+        type=_scenario_names,
+        help="just these scenarios, comma-separated (e.g. S1,S8), and the raw limits they need",
+    )
+    parser.add_argument(
         "--strict", action="store_true", help="exit 1 when a target is missed as well"
     )
     parser.add_argument(
@@ -64,7 +80,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--duration must be at least 1 second")
     if urlsplit(args.pg_url).hostname not in LOOPBACK_HOSTS:
         parser.error("--pg-url must name a loopback address (127.0.0.1, localhost, ::1)")
+    if args.only is not None and not phases(args.quick, args.skip_s5, args.only):
+        parser.error("--only names no scenario that this mode runs (--quick: no S2 or S5)")
+    if urlsplit(args.nats_url).hostname not in LOOPBACK_HOSTS:
+        parser.error("--nats-url must name a loopback address (127.0.0.1, localhost, ::1)")
     return args
+
+
+def _scenario_names(text: str) -> frozenset[str]:
+    names = frozenset(name.strip().upper() for name in text.split(",") if name.strip())
+    unknown = sorted(names - set(SCENARIO_NAMES))
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"expected scenario names among {', '.join(SCENARIO_NAMES)}"
+            + (f"; unknown: {', '.join(unknown)}" if unknown else "")
+        )
+    return names
 
 
 def _terminate(signum: int, _frame: object) -> None:
@@ -77,9 +108,16 @@ def main(argv: list[str] | None = None) -> int:
     kinds = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     options = RunOptions(
-        quick=args.quick, duration_s=args.duration, skip_s5=args.skip_s5, keep=args.keep
+        quick=args.quick,
+        duration_s=args.duration,
+        skip_s5=args.skip_s5,
+        keep=args.keep,
+        nats_url=args.nats_url,
+        only=args.only,
     )
     ensure_tools("postgresql" in kinds)
+    if any(p.integrations for p in phases(args.quick, args.skip_s5, args.only)):
+        ensure_nats(args.nats_url)
     workdir = Path(tempfile.mkdtemp(prefix="loyalty-bench-"))
     say(f"bench: {', '.join(kinds)}; {args.duration} s per scenario; work files in {workdir}")
     failed = False
@@ -100,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         raise
     finally:
         stop_all()
+        stop_receivers()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     print()

@@ -6,8 +6,11 @@ server, creates the customers through the API (and S7's few adjustments of the b
 or bulk-loads the database for S5 and S7, with `loyalty verify` before anything is
 measured), finds and checks S7's point in time, runs the warm-up and the scenarios with wrk,
 stops the server, runs `loyalty verify`, and checks that the ledger holds every adjustment
-answered 2xx. Everything lands in a DatabaseRun; `run_database` also records a failure
-instead of raising it, and always stops the server and drops the scratch databases.
+answered 2xx. S8's phase also starts the webhook receiver and NATS subscriber
+(deliveries.py) before the server, which publishes to a NATS stream of its own and delivers
+to one webhook endpoint at the receiver, and after S8's wrk waits for the load's events.
+Everything lands in a DatabaseRun; `run_database` also records a failure instead of raising
+it, and always stops the server (and the receiver) and drops the scratch databases.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 
 from backends import Backend
 from common import BIG_CUSTOMER, BULK_ITEMS, LoadPlan
+from deliveries import PhaseEvents, stop_receivers
 from records import DatabaseRun, Measurement
 from scenarios import (
     ID_LISTS,
@@ -57,6 +61,8 @@ class RunOptions:
     duration_s: int  # per scenario and per raw-limit run
     skip_s5: bool
     keep: bool  # keep the work files and SQLite's (PostgreSQL's are dropped all the same)
+    nats_url: str  # S8's NATS server
+    only: frozenset[str] | None = None  # --only: just these scenarios
 
 
 @dataclass
@@ -109,7 +115,7 @@ class DatabaseRunner:
             **self.backend.tool_versions(),
         }
         self.raw_limits()
-        for phase in phases(self.options.quick, self.options.skip_s5):
+        for phase in phases(self.options.quick, self.options.skip_s5, self.options.only):
             self.service_phase(phase)
 
     # ---- the raw limit
@@ -124,7 +130,7 @@ class DatabaseRunner:
             self.backend.seed_customers(url)
             say(f"{self.kind}: raw limit warm-up ({self.warmup_s}s)")
             self.backend.raw(url, RAW_WARMUP, self.warmup_s, self.workdir)
-            for spec in raw_specs(self.kind, self.options.quick):
+            for spec in raw_specs(self.kind, self.options.quick, self.options.only):
                 duration_s = raw_s(spec, self.options.quick, self.options.duration_s)
                 raw = self.backend.raw(url, spec, duration_s, self.workdir)
                 self.result.raw_limits.append(raw)
@@ -139,17 +145,28 @@ class DatabaseRunner:
     def service_phase(self, phase: Phase) -> None:
         name = phase.name
         url = self.backend.new_database(name)
-        server = Server(url, self.workdir, f"{self.kind}-{name}", self.secret, self.password)
+        label = f"{self.kind}-{name}"
+        events = None
+        if phase.integrations:
+            events = PhaseEvents(self.backend, url, self.workdir, label, self.options.nats_url)
+        settings = events.settings if events is not None else None
+        server = Server(url, self.workdir, label, self.secret, self.password, settings)
         tally = AdjustmentTally()
         preloaded = 0
         as_of = ""
+        webhook_secret = ""
         try:
             with self.timed(f"{name}: start and create customers"):
+                if events is not None:
+                    events.start()
                 server.start()
                 token = server.login()
                 ids = [*ID_LISTS["random"], *phase.extra_customers]
                 server.create_customers(token, ids)
                 say(f"{self.kind} {name}: service up on {server.base_url}, {len(ids)} customers")
+                if events is not None:
+                    _, webhook_secret = server.create_webhook(token, events.hook_url)
+                    say(f"{self.kind} {name}: webhook endpoint {events.hook_url}, NATS")
                 if phase.seed_big:
                     server.adjust_several(token, BIG_CUSTOMER, phase.seed_big)
                     tally.answered += phase.seed_big
@@ -169,8 +186,16 @@ class DatabaseRunner:
                 tally.add(warm, WARMUP)
                 for scenario in phase.scenarios:
                     duration_s = scenario_s(scenario, self.options.quick, self.options.duration_s)
+                    watched = events if scenario.events else None
+                    before = watched.position() if watched is not None else 0
                     m = self.measure(server, scenario, duration_s, name, as_of)
                     self.result.measurements.append(m)
+                    if watched is not None:
+                        record, errors = watched.after_load(before, webhook_secret)
+                        self.result.deliveries.append(
+                            {"phase": name, "scenario": scenario.name, **record}
+                        )
+                        self.result.errors += [f"{name}: {error}" for error in errors]
                     tally.add(m, scenario)
                     say(
                         f"{self.kind} {name}: {m.scenario} {m.title}, c={m.connections}:"
@@ -186,6 +211,10 @@ class DatabaseRunner:
             ) from error
         finally:
             server.stop()
+            if events is not None:
+                deleted = events.stop()  # the stream, once the server no longer publishes
+                for record in self.result.deliveries:
+                    record.setdefault("nats_stream", deleted)
         with self.timed(f"{name}: verify"):
             self.verify(url, name)
             recorded = self.backend.count_adjustments(url) - preloaded
@@ -376,6 +405,7 @@ def run_database(backend: Backend, workdir: Path, stamp: str, options: RunOption
         print(traceback.format_exc(), flush=True)
     finally:
         stop_all()
+        stop_receivers()
         if backend.kind == "postgresql" or not options.keep:
             backend.drop_all()
     return runner.result

@@ -8,12 +8,13 @@ it in the phase that measures it (FULL_MAIN and, if quick runs need it, QUICK_MA
 S5_SCENARIOS, which run on the fresh and the bulk-loaded database), and if no raw limit
 measures its `raw_work` yet, add one RawSpec to FULL_RAW_SPECS (and QUICK_RAW_SPECS if
 --quick runs it), its work as pgbench/<work>.sql and in sqlite_loop.py's WORKS. A new wrk
-script goes beside adjust.lua, a new list of customers into ID_LISTS.
+script goes beside adjust.lua, a new list of customers into ID_LISTS. `--only` keeps the
+scenarios it names (and the raw limits and phases they need).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from common import BIG_CUSTOMER, BULK_ITEMS, CUSTOMER_COUNT, HOT_CUSTOMER, LoadPlan, customer_id
 
@@ -51,6 +52,8 @@ class Scenario:
     # balance.lua's query: ?as_of=<the middle of the big customer's history> (S7).
     as_of: bool = False
     timeout_s: int = WRK_TIMEOUT_S  # a request not answered by then counts as a socket error
+    # S8: the events the load commits are awaited at the webhook receiver and on NATS.
+    events: bool = False
 
 
 def s1(connections: int) -> Scenario:
@@ -113,6 +116,9 @@ S7 = Scenario(
     adjustments_per_request=0,
     as_of=True,
 )
+# S8: S1 at 64 connections on a server publishing its events to NATS and delivering them
+# to one webhook endpoint (its own phase: the server starts with LOYALTY_NATS_URL set).
+S8 = Scenario("S8", "adjust, random of 1,000, webhook + NATS", MANY, "adjust", events=True)
 WARMUP = Scenario("warm-up", "adjust, random of 1,000", WARMUP_CONNECTIONS, "adjust")
 
 # S7 first: the main phase's database is still fresh then.
@@ -125,6 +131,7 @@ FULL_MAIN = (
     S6,
 )
 QUICK_MAIN = (S7, s1(MANY), S3, S4, S6)
+SCENARIO_NAMES = ("S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8")
 
 
 @dataclass(frozen=True)
@@ -167,8 +174,13 @@ def raw_clients(database: str, connections: int) -> int:
     return 1 if database == "sqlite" else connections
 
 
-def raw_specs(database: str, quick: bool) -> list[RawSpec]:
+def raw_specs(database: str, quick: bool, only: frozenset[str] | None = None) -> list[RawSpec]:
+    """The raw limits to measure (with `only`: those its scenarios are compared with)."""
     specs = QUICK_RAW_SPECS if quick else FULL_RAW_SPECS
+    if only is not None:
+        kept = phases(quick, False, only)
+        needed = {(s.raw_work, s.connections) for phase in kept for s in phase.scenarios}
+        specs = tuple(spec for spec in specs if (spec.work, spec.clients) in needed)
     # Each distinct spec once, in the order of its first appearance.
     return list(dict.fromkeys(RawSpec(s.work, raw_clients(database, s.clients)) for s in specs))
 
@@ -194,6 +206,7 @@ MAIN_PHASE = "main"
 S5_FRESH_PHASE = "s5-fresh"
 S5_LOADED_PHASE = "s5-loaded"
 S7_LOADED_PHASE = "s7-loaded"
+S8_PHASE = "s8"
 
 # bulk_load.py's plans: S5's 5,000,000 (1,000,000 for the big customer, 4,000 for each of the
 # others); S7's for the big customer alone.
@@ -212,22 +225,34 @@ class Phase:
     extra_customers: tuple[str, ...]  # made besides the 1,000 of ID_LISTS["random"]
     load: LoadPlan | None = None  # bulk_load.py's adjustments, before the scenarios
     seed_big: int = 0  # adjustments of the big customer made through the API first
+    # S8: the server publishes to NATS, and a webhook endpoint at the receiver gets every event.
+    integrations: bool = False
 
 
-def phases(quick: bool, skip_s5: bool) -> list[Phase]:
+def phases(quick: bool, skip_s5: bool, only: frozenset[str] | None = None) -> list[Phase]:
+    """The phases of a run; with `only`, just the named scenarios, and the phases that
+    still have one."""
     main = Phase(
         MAIN_PHASE,
         QUICK_MAIN if quick else FULL_MAIN,
         (HOT_CUSTOMER, BIG_CUSTOMER),
         seed_big=S7_FEW,
     )
-    if quick or skip_s5:
+    # Right after the main phase, whose S1 at 64 connections it is compared with.
+    s8 = Phase(S8_PHASE, (S8,), (), integrations=True)
+    if quick or skip_s5 or (only is not None and "S5" not in only):
         # S7's long history on a database of its own, loaded for the big customer alone.
         load = S7_QUICK_LOAD if quick else S7_LOAD
-        return [main, Phase(S7_LOADED_PHASE, (S7,), (BIG_CUSTOMER,), load=load)]
-    return [
-        main,
-        Phase(S5_FRESH_PHASE, S5_SCENARIOS, (BIG_CUSTOMER,)),
-        # S7 first, in the middle of the loaded history, before S5 adds to it.
-        Phase(S5_LOADED_PHASE, (S7, *S5_SCENARIOS), (BIG_CUSTOMER,), load=S5_LOAD),
-    ]
+        every = [main, s8, Phase(S7_LOADED_PHASE, (S7,), (BIG_CUSTOMER,), load=load)]
+    else:
+        every = [
+            main,
+            s8,
+            Phase(S5_FRESH_PHASE, S5_SCENARIOS, (BIG_CUSTOMER,)),
+            # S7 first, in the middle of the loaded history, before S5 adds to it.
+            Phase(S5_LOADED_PHASE, (S7, *S5_SCENARIOS), (BIG_CUSTOMER,), load=S5_LOAD),
+        ]
+    if only is None:
+        return every
+    kept = (replace(p, scenarios=tuple(s for s in p.scenarios if s.name in only)) for p in every)
+    return [phase for phase in kept if phase.scenarios]

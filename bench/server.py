@@ -2,10 +2,11 @@
 
 The server runs with `--workers <cores>` and the service's defaults (only the database URL,
 the admin's email and password and the JWT secret set; every other LOYALTY_* variable
-removed), on a free loopback port, in a process group of its own so that stopping it
-always takes its workers and helpers along. It also finds its worker processes and reads
-their peak memory, logs in, creates the bench customers through the API, makes S7's few
-adjustments and reads a balance at a point in time.
+removed; S8 adds its NATS settings), on a free loopback port, in a process group of its own
+so that stopping it always takes its workers and helpers along. It also finds its worker
+processes and reads their peak memory, logs in, creates the bench customers through the
+API, makes S7's few adjustments, reads a balance at a point in time and creates S8's webhook
+endpoint.
 """
 
 from __future__ import annotations
@@ -33,12 +34,21 @@ class Server:
 
     running: list[Server] = []  # noqa: RUF012  (stopped on any exit)
 
-    def __init__(self, database_url: str, workdir: Path, label: str, secret: str, password: str):
+    def __init__(
+        self,
+        database_url: str,
+        workdir: Path,
+        label: str,
+        secret: str,
+        password: str,
+        settings: dict[str, str] | None = None,  # more LOYALTY_* variables (S8's NATS)
+    ):
         self.env = loyalty_env(
             LOYALTY_DATABASE_URL=database_url,
             LOYALTY_ADMIN_EMAIL=ADMIN_EMAIL,
             LOYALTY_ADMIN_PASSWORD=password,
             LOYALTY_JWT_SECRET=secret,
+            **(settings or {}),
         )
         self.log_path = workdir / f"serve-{label}.log"
         self.password = password
@@ -154,6 +164,19 @@ class Server:
             headers={"Authorization": f"Bearer {token}"},
             timeout=30,
         )
+
+    def create_webhook(self, token: str, url: str) -> tuple[str, str]:
+        """A webhook endpoint for every event type at `url`; returns its id and secret."""
+        response = httpx.post(
+            f"{self.base_url}/admin/webhooks",
+            json={"url": url, "description": "bench S8"},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        if not response.is_success:
+            raise RuntimeError(f"creating a webhook: {response.status_code} {response.text}")
+        webhook = response.json()["webhook"]
+        return str(webhook["id"]), str(webhook["secret"])
 
     def stop(self) -> None:
         if self.process is None:

@@ -2,9 +2,10 @@
 
 `say` prints a progress line stamped with the time since the harness started;
 `ensure_tools` installs wrk and the PostgreSQL client tools with apt-get when they are
-missing; the rest run the `loyalty` command with a clean environment, run a measuring tool
-with a deadline, read a tool's version, find a free port, and sample how busy the machine
-is while the harness does nothing.
+missing; `ensure_nats` starts nats-server (JetStream) for S8 when nothing answers; the
+rest run the `loyalty` command with a clean environment, run a measuring tool with a
+deadline, read a tool's version, find a free port, and sample how busy the machine is
+while the harness does nothing.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 BENCH_DIR = Path(__file__).resolve().parent
 STARTED = time.monotonic()
@@ -24,6 +27,8 @@ CORES = len(os.sched_getaffinity(0))
 # On top of a measuring tool's duration: starting, connecting, writing its logs.
 TOOL_GRACE_S = 120
 BACKGROUND_SAMPLE_S = 1.0
+NATS_ANSWER_S = 2.0
+NATS_START_WAIT_S = 30.0
 
 
 def say(message: str) -> None:
@@ -39,8 +44,11 @@ def ensure_tools(need_postgresql: bool) -> None:
         packages.append("wrk")
     if need_postgresql and not all(shutil.which(t) for t in ("pgbench", "psql", "pg_isready")):
         packages.append("postgresql-client")
-    if not packages:
-        return
+    if packages:
+        apt_install(packages)
+
+
+def apt_install(packages: list[str]) -> None:
     sudo = [] if os.geteuid() == 0 else ["sudo"]
     if sudo and shutil.which("sudo") is None:
         raise RuntimeError(f"missing {', '.join(packages)}: install them with apt-get")
@@ -48,6 +56,46 @@ def ensure_tools(need_postgresql: bool) -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True, env=env)
     subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", *packages], check=True, env=env)
+
+
+def nats_answers(host: str, port: int) -> bool:
+    """A NATS server greets every new connection with its INFO line."""
+    try:
+        with socket.create_connection((host, port), timeout=NATS_ANSWER_S) as sock:
+            sock.settimeout(NATS_ANSWER_S)
+            return sock.recv(4) == b"INFO"
+    except OSError:
+        return False
+
+
+def ensure_nats(url: str) -> None:
+    """Starts nats-server with JetStream at `url` (a loopback address) when nothing answers
+    there, as .ci/run does, with the same store directory; it is left running, like the
+    PostgreSQL cluster the harness starts."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 4222
+    if nats_answers(host, port):
+        return
+    if shutil.which("nats-server") is None:
+        apt_install(["nats-server"])
+    store = Path(tempfile.gettempdir()) / "loyalty-ci-nats"
+    store.mkdir(parents=True, exist_ok=True)
+    say(f"starting nats-server with JetStream on {host}:{port} (store {store})")
+    subprocess.Popen(
+        [
+            *("nats-server", "-js", "-a", host, "-p", str(port)),
+            *("-sd", str(store), "-l", str(store / "nats-server.log")),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + NATS_START_WAIT_S
+    while not nats_answers(host, port):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nats-server did not start on {host}:{port}; see {store}")
+        time.sleep(0.5)
 
 
 def loyalty_command() -> str:
