@@ -41,6 +41,10 @@ from loyalty.idempotency.keys import REPLAYED_HEADER
 from loyalty.ledger import routes as ledger_routes
 from loyalty.ledger import scheduler
 from loyalty.ledger.service import Ledger
+from loyalty.metrics import exposition as metrics_exposition
+from loyalty.metrics import routes as metrics_routes
+from loyalty.webhooks import routes as webhook_routes
+from loyalty.webhooks.dispatcher import Dispatcher
 
 log = logging.getLogger("loyalty")
 
@@ -116,12 +120,14 @@ def route_table(ctx: AppContext) -> list[Endpoint]:
     """Every endpoint of the service: the router and the OpenAPI document are built from it."""
     table: list[Endpoint] = []
     table += health.endpoints(ctx)
+    table += metrics_routes.endpoints(ctx)
     table += docs.endpoints(lambda: openapi.document(table))
     table += auth_routes.endpoints(ctx)
     table += customer_routes.endpoints(ctx)
     table += api_key_routes.endpoints(ctx)
     table += ledger_routes.endpoints(ctx)
     table += event_routes.endpoints(ctx)
+    table += webhook_routes.endpoints(ctx)
     return table
 
 
@@ -138,6 +144,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             ctx.guard.open(ctx.db, await auth.ensure_jwt_secret(ctx.db, ctx.settings))
             ctx.ledger.start()
+            metrics_exposition.worker_started()
             cleanups.append(asyncio.create_task(idempotency_cleanup.run_periodically(ctx.db)))
             interval_s = float(ctx.settings.scheduler_interval_seconds)
             cleanups.append(
@@ -154,12 +161,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
             # of the collector's reach, a full collection no longer walks those ~90,000
             # objects: that walk took ~50 ms, stalled every request in flight, and was
             # most of the p99 of the busy routes.
+            # Beside the requests, never inside their transactions (webhooks/dispatcher.py).
+            dispatcher = Dispatcher(ctx.db, ctx.settings.webhook_retry_schedule_s)
+            cleanups.append(asyncio.create_task(dispatcher.run()))
             gc.collect()
             gc.freeze()
             yield
         finally:
             for cleanup in cleanups:
                 cleanup.cancel()
+            # The dispatcher gives its lease up as it stops, while the database is open.
+            await asyncio.gather(*cleanups, return_exceptions=True)
             # In-flight adjustments finish and are answered before the database closes.
             await ctx.ledger.stop()
             try:
@@ -167,6 +179,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             except Exception:
                 log.exception("recording API keys' last use at shutdown failed")
             await ctx.db.close()
+            metrics_exposition.worker_stopping()
 
     table = route_table(ctx)
     app = _Service(
