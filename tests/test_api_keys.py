@@ -13,6 +13,7 @@ import hashlib
 import re
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,6 +32,7 @@ from tests.support import (
     TIMESTAMP,
     USER_ID,
     Backend,
+    Server,
     adjust,
     adjustment_of,
     assert_error,
@@ -555,6 +557,22 @@ def test_last_used_at_follows_use_within_seconds(pair: list[Backend]) -> None:
         last_used = eventually(used, LAST_USED_WAIT_S, "last_used_at after a use")
     assert TIMESTAMP.match(last_used)
     assert last_used >= key["created_at"]
+
+
+def test_a_use_just_before_shutdown_is_recorded(databases: DatabaseFactory, tmp_path: Path) -> None:
+    """A key used once and the server stopped (SIGTERM) at once, well within the ~2 s between
+    flushes: the stopping worker writes the use, so last_used_at is there."""
+    url = databases.new_url()
+    with Server.start(url, tmp_path) as server:
+        made = run_cli(url, "api-key", "create", "--email", ADMIN_EMAIL, "--title", "t")
+        assert made.returncode == 0, made.stderr
+        headers = {"Authorization": f"Bearer {made.stdout.strip()}"}
+        response = httpx.get(f"{server.base_url}{ME_PATH}", headers=headers, timeout=30)
+        assert response.status_code == 200, response.text
+        server.stop()
+        assert server.process.returncode is not None
+    used = sql(url, "SELECT last_used_at_ms FROM api_keys")
+    assert len(used) == 1 and used[0][0] is not None, used
 
 
 # --- the CLI -----------------------------------------------------------------------------------

@@ -156,16 +156,6 @@ class Guard:
             raise RuntimeError("the guard was used before the worker opened it")
         return self._db
 
-    async def claim(self, request: Request, scope: str) -> TokenClaim:
-        """The request's credentials, checked without the database (401), holding `scope`
-        (403). The caller must `confirm` the claim in its own transaction. (A secret key is
-        looked up once per worker: its id and scopes never change.)"""
-        claim = await self._verified(request)
-        problem = missing_scope(claim.scopes, scope)
-        if problem is not None:
-            raise problem
-        return claim
-
     async def caller(self, request: Request, scope: str) -> Caller:
         """The request's actor, confirmed against the database, holding `scope` now (the
         scopes stored today decide, not those the token was issued with). ANY_SCOPE: any
@@ -188,24 +178,43 @@ class Guard:
             raise problem
         return found
 
-    async def _verified(self, request: Request) -> TokenClaim:
+    def _checked(self, request: Request) -> TokenClaim | str:
+        """A JWT's claim, checked without the database, or the text of a secret key, which
+        `_key_claim` identifies. (Split so that the JWT path awaits nothing.)"""
         token = read_credentials(request.headers.get("authorization"))
         if token.startswith(KEY_PREFIX):
-            actor_id, scopes = await self._keys.identify(self.db, token)
-            self.key_uses.note(actor_id, now_ms())
-        else:
-            actor_id, scopes = verify_token(self._secret, token)
+            return token
+        actor_id, scopes = verify_token(self._secret, token)
         note_user(request.scope, actor_id)
         return TokenClaim(actor_id, scopes)
+
+    async def _key_claim(self, request: Request, token: str) -> TokenClaim:
+        """The key `token` is (looked up once per worker: its id and scopes never change),
+        its use noted for last_used_at."""
+        actor_id, scopes = await self._keys.identify(self.db, token)
+        self.key_uses.note(actor_id, now_ms())
+        note_user(request.scope, actor_id)
+        return TokenClaim(actor_id, scopes)
+
+    async def _verified(self, request: Request) -> TokenClaim:
+        claim = self._checked(request)
+        return await self._key_claim(request, claim) if isinstance(claim, str) else claim
 
     def claimed(
         self, scope: str, run: Callable[[Request, TokenClaim], Awaitable[Response]]
     ) -> Handler:
-        """A handler whose caller is claimed here and confirmed in the handler's own
-        transaction."""
+        """A handler whose caller is claimed here (401 for bad credentials, 403 when they
+        lack `scope`, before any input is read) and confirmed in the handler's own
+        transaction with `confirm`."""
 
         async def guarded(request: Request) -> Response:
-            return await run(request, await self.claim(request, scope))
+            claim = self._checked(request)
+            if isinstance(claim, str):
+                claim = await self._key_claim(request, claim)
+            problem = missing_scope(claim.scopes, scope)
+            if problem is not None:
+                raise problem
+            return await run(request, claim)
 
         return _Guarded(scope, guarded)
 

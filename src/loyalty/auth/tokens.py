@@ -53,19 +53,22 @@ def read_credentials(authorization: str | None) -> str:
     """The token of an Authorization header: a JWT or a secret key as `Bearer <token>`, or a
     secret key as `Basic base64("sk_…:")` or `Basic base64(":sk_…")` (Medusa's forms); 401
     otherwise, saying what is wrong with a Basic one."""
-    if (
-        authorization is not None
-        and authorization[:5].lower() == "basic"
-        and authorization[5:6] in ("", " ")
-    ):
-        return basic_key(authorization)
-    return bearer_token(authorization)
-
-
-def basic_key(authorization: str) -> str:
-    if len(authorization) > TOKEN_MAX:
+    if not authorization or len(authorization) > TOKEN_MAX:
         raise Unauthorized()
-    encoded = authorization[6:].strip()
+    scheme, _, rest = authorization.partition(" ")
+    scheme = scheme.lower()
+    if scheme == "bearer":
+        token = rest.strip()
+        if token:
+            return token
+    elif scheme == "basic":
+        return basic_key(rest)
+    raise Unauthorized()
+
+
+def basic_key(credentials: str) -> str:
+    """The secret key of a Basic header's credentials (what follows `Basic `)."""
+    encoded = credentials.strip()
     if not encoded:
         raise Unauthorized(BASIC_EMPTY)
     try:
