@@ -110,6 +110,8 @@ ROUTES = [
     AdminRoute("points.history", "GET", "/admin/loyalty/points/{cid}/history", "loyalty:read"),
     AdminRoute("api_keys.create", "POST", "/admin/api-keys", "api_keys:write", writes=True),
     AdminRoute("api_keys.list", "GET", "/admin/api-keys", "api_keys:write"),
+    AdminRoute("events.feed", "GET", "/admin/loyalty/events", "loyalty:read"),
+    AdminRoute("webhooks.list", "GET", "/admin/webhooks", "webhooks:write"),
     AdminRoute(
         "api_keys.revoke",
         "POST",
