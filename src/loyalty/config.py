@@ -19,6 +19,11 @@ SCHEDULER_INTERVAL_SECONDS_MAX = 86400
 EXPIRE_AFTER_DAYS_MAX = 36500
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # A browser's Origin header: scheme, host and an optional port, nothing more.
+# NATS: server URLs, and JetStream's names (a stream name and subject tokens).
+NATS_URL_MAX = 2048
+_NATS_URL = re.compile(r"(nats|tls|ws|wss)://[^\s,]+")
+_STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_SUBJECT_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,32}(\.[A-Za-z0-9_-]{1,32}){0,3}")
 _ORIGIN = re.compile(
     r"https?://[a-z0-9.-]+(?::[0-9]{1,5})?|https?://\[[0-9a-f:.]+\](?::[0-9]{1,5})?"
 )
@@ -57,6 +62,12 @@ class Settings:
     scheduler_interval_seconds: Decimal = Decimal(60)
     # Set: credits without an expires_at expire this many days after they are made.
     points_expire_after_days: Decimal | None = None
+    # Set: events are published to NATS JetStream (the URL may hold a user and password).
+    nats_url: str | None = field(default=None, repr=False)
+    # The stream and the subjects' first tokens: `LOYALTY` and `loyalty` but in tests,
+    # whose concurrent runs each need a stream of their own (streams cannot share subjects).
+    nats_stream: str = "LOYALTY"
+    nats_subject_prefix: str = "loyalty"
 
     @property
     def points_expire_after_ms(self) -> int | None:
@@ -98,6 +109,11 @@ class Settings:
             or Decimal(60),
             points_expire_after_days=_positive_decimal(
                 env, "LOYALTY_POINTS_EXPIRE_AFTER_DAYS", EXPIRE_AFTER_DAYS_MAX
+            ),
+            nats_url=_nats_url(env, "LOYALTY_NATS_URL"),
+            nats_stream=_name(env, "LOYALTY_NATS_STREAM", "LOYALTY", _STREAM_NAME),
+            nats_subject_prefix=_name(
+                env, "LOYALTY_NATS_SUBJECT_PREFIX", "loyalty", _SUBJECT_PREFIX
             ),
         )
 
@@ -178,3 +194,32 @@ def _log_level(env: Mapping[str, str], name: str) -> str:
     if level not in LOG_LEVELS:
         raise ConfigError(f"{name} must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
     return level
+
+
+def _nats_url(env: Mapping[str, str], name: str) -> str | None:
+    """One or more comma-separated NATS server URLs, or None if unset."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    if len(raw) > NATS_URL_MAX:
+        raise ConfigError(f"{name} must be at most {NATS_URL_MAX} characters")
+    servers = [server.strip() for server in raw.split(",")]
+    for server in servers:
+        if not _NATS_URL.fullmatch(server):
+            # The URL itself is not repeated: it may hold a password.
+            raise ConfigError(
+                f"{name} must list server URLs such as nats://127.0.0.1:4222"
+                " (nats://, tls://, ws:// or wss://, comma-separated)"
+            )
+    return ",".join(servers)
+
+
+def _name(env: Mapping[str, str], name: str, default: str, pattern: re.Pattern[str]) -> str:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    if not pattern.fullmatch(raw):
+        raise ConfigError(
+            f"{name} must match {pattern.pattern} (letters, digits, - and _), got {raw!r}"
+        )
+    return raw
