@@ -27,6 +27,7 @@ from loyalty.context import AppContext
 from loyalty.customers import routes as customer_routes
 from loyalty.db import open_database
 from loyalty.errors import LoyaltyError, NotFound
+from loyalty.events import routes as event_routes
 from loyalty.http import docs, openapi
 from loyalty.http.access_log import REQUEST_ID_HEADER, RequestLog
 from loyalty.http.responses import PATH_SHOWN_MAX, error_response, json_response
@@ -117,6 +118,7 @@ def route_table(ctx: AppContext) -> list[Endpoint]:
     table += auth_routes.endpoints(ctx)
     table += customer_routes.endpoints(ctx)
     table += ledger_routes.endpoints(ctx)
+    table += event_routes.endpoints(ctx)
     return table
 
 

@@ -6,14 +6,20 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from loyalty.customers import repository, schemas
 from loyalty.customers.schemas import CUSTOMER_ID_PATTERN, NAME_MAX, Customer
 from loyalty.db import Database, UniqueViolation
 from loyalty.emails import email_key, is_valid_email
 from loyalty.errors import Conflict, FieldError, NotFound, validation_error
+from loyalty.events import notify
+from loyalty.events import repository as events
+from loyalty.events.repository import NewEvent
 from loyalty.ids import new_id
 from loyalty.timestamps import now_ms
 
+_encoder = msgspec.json.Encoder()
 CUSTOMER_ID = re.compile(CUSTOMER_ID_PATTERN.strip("^$"))
 
 
@@ -55,11 +61,21 @@ async def create_customer(db: Database, new: NewCustomer) -> Customer:
                 created_ms,
             )
             row = await repository.find_customer(conn, customer_id)
+            if row is None:
+                raise RuntimeError("a customer just inserted was not found")
+            customer = schemas.customer(row)
+            event = NewEvent(
+                new_id("evt", created_ms),
+                "customer.created",
+                customer_id,
+                created_ms,
+                _encoder.encode(customer),
+            )
+            await events.record(conn, [event])
     except UniqueViolation:
         raise Conflict("A customer with this id or email already exists") from None
-    if row is None:
-        raise RuntimeError("a customer just inserted was not found")
-    return schemas.customer(row)
+    notify.changed()
+    return customer
 
 
 async def get_customer(db: Database, customer_id: str) -> Customer:

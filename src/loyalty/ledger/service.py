@@ -22,6 +22,7 @@ from loyalty.errors import (
     InvariantViolation,
     LoyaltyError,
 )
+from loyalty.events import notify
 from loyalty.ids import ID_PATTERN
 from loyalty.ledger import points, repository, schemas
 from loyalty.ledger.audit import log_adjustment
@@ -121,7 +122,10 @@ class Ledger:
         for attempt in range(1, BATCH_ATTEMPTS_MAX + 1):
             batch = Batch(commands, self._allow_negative, self._expire_after_ms)
             try:
-                return await self._db.transact(batch.run)
+                outcomes = await self._db.transact(batch.run)
+                if batch.events_recorded:
+                    notify.changed()
+                return outcomes
             except (RetryableConflict, UniqueViolation):
                 if attempt == BATCH_ATTEMPTS_MAX:
                     raise
