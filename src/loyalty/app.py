@@ -43,6 +43,7 @@ from loyalty.ledger.service import Ledger
 log = logging.getLogger("loyalty")
 
 CORS_MAX_AGE_S = 600
+CONSUMERS_STOP_S = 5.0
 
 
 class _Service(Starlette):
@@ -122,6 +123,22 @@ def route_table(ctx: AppContext) -> list[Endpoint]:
     return table
 
 
+def _outbox_consumers(ctx: AppContext) -> list[asyncio.Task[None]]:
+    """The background tasks of this worker that send the outbox's events elsewhere (each
+    does its work only in the one worker that holds its lease)."""
+    consumers: list[asyncio.Task[None]] = []
+    settings = ctx.settings
+    if settings.nats_url is not None:
+        # Imported only when configured: without NATS, the NATS client is never loaded.
+        from loyalty.events import nats_publisher
+
+        publish = nats_publisher.run(
+            ctx.db, settings.nats_url, settings.nats_stream, settings.nats_subject_prefix
+        )
+        consumers.append(asyncio.create_task(publish))
+    return consumers
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     ctx = AppContext(settings or Settings.from_env())
 
@@ -132,6 +149,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             ctx.db, ctx.settings.allow_negative_balance, ctx.settings.points_expire_after_ms
         )
         cleanups: list[asyncio.Task[None]] = []
+        # Consumers of the events outbox: stopped before the database closes, so that they
+        # give their lease up and another worker takes over at once.
+        consumers: list[asyncio.Task[None]] = []
         try:
             ctx.guard.open(ctx.db, await auth.ensure_jwt_secret(ctx.db, ctx.settings))
             ctx.ledger.start()
@@ -144,6 +164,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             cleanups.append(
                 asyncio.create_task(rate_limit.run_cleanup_periodically(ctx.db, window_ms))
             )
+            consumers += _outbox_consumers(ctx)
             # What exists now (modules, the app, the pools) lives as long as the worker. Out
             # of the collector's reach, a full collection no longer walks those ~90,000
             # objects: that walk took ~50 ms, stalled every request in flight, and was
@@ -152,8 +173,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
             gc.freeze()
             yield
         finally:
-            for cleanup in cleanups:
-                cleanup.cancel()
+            for task in cleanups + consumers:
+                task.cancel()
+            if consumers:
+                await asyncio.wait(consumers, timeout=CONSUMERS_STOP_S)
             # In-flight adjustments finish and are answered before the database closes.
             await ctx.ledger.stop()
             await ctx.db.close()
