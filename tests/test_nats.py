@@ -85,7 +85,13 @@ def _nats(work: Callable[[Any], Any]) -> Any:
     """`work(js)` on a fresh connection to the test NATS (a JetStream context)."""
 
     async def run() -> Any:
-        nc = await nats.connect(NATS_URL, connect_timeout=5, allow_reconnect=False)
+        nc = await nats.connect(
+            NATS_URL,
+            connect_timeout=5,
+            allow_reconnect=False,
+            max_reconnect_attempts=1,  # else it tries for two minutes before giving up
+            reconnect_time_wait=0.1,
+        )
         try:
             return await work(nc.jetstream(timeout=10))
         finally:
