@@ -47,10 +47,12 @@ LEASE_TTL_MS = 10_000
 LEASE_RENEW_S = 2.0
 LEASE_RETRY_S = 2.0  # how often a worker without the lease tries to take it
 POLL_S = 0.2  # events committed by other workers and servers are found within this
+STORE_EVERY_S = 0.5  # under load, how often the position is stored
 WINDOW_MAX = 500  # events sent before their acks are awaited
 ACK_TIMEOUT_S = 5.0  # well under the lease's ttl, so a window ends before the lease does
 CONNECT_TIMEOUT_S = 2
 CLOSE_TIMEOUT_S = 2.0
+HAND_OVER_S = 2.0
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 10.0
 # JetStream drops a message whose Nats-Msg-Id it stored within this window: longer than a
@@ -75,11 +77,12 @@ class Target:
 
 
 class _Unpublished(Exception):
-    """A window was not wholly acknowledged; `cause` says why."""
+    """A window was not wholly acknowledged: `cause` says why, `position` how far it was."""
 
-    def __init__(self, cause: BaseException) -> None:
+    def __init__(self, cause: BaseException, position: int) -> None:
         super().__init__(str(cause) or type(cause).__name__)
         self.cause = cause
+        self.position = position
 
 
 class Publisher:
@@ -93,6 +96,12 @@ class Publisher:
         self._js: JetStreamContext | None = None
         self._outage_since: float | None = None
         self._client_failure: Exception | None = None  # what the client met last
+        # How far JetStream has acknowledged (None: not holding the lease), and how far the
+        # outbox has stored that: storing is a write, so under load it is done every
+        # STORE_EVERY_S rather than after every window; a crash sends what was not stored
+        # again, and JetStream drops it.
+        self._position: int | None = None
+        self._stored = 0
 
     async def run(self) -> None:
         waiter = notify.subscribe()
@@ -101,34 +110,50 @@ class Publisher:
         finally:
             notify.unsubscribe(waiter)
             await self._close()
-            # Another worker may take over at once, rather than when the lease runs out.
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(leases.release(self._db, LEASE, self._owner), 2.0)
+                await asyncio.wait_for(self._hand_over(), HAND_OVER_S)
+
+    async def _hand_over(self) -> None:
+        """Stores what was acknowledged and gives the lease up (a worker stopping), so that
+        another worker takes over at once, where this one stopped."""
+        if self._position is not None and self._position > self._stored:
+            await leases.advance(self._db, LEASE, self._owner, self._position)
+        await leases.release(self._db, LEASE, self._owner)
 
     async def _loop(self, waiter: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        position: int | None = None
-        renew_at = 0.0
+        renew_at = store_at = 0.0
         backoff_s = BACKOFF_FIRST_S
         while True:
             try:
-                if position is None or loop.time() >= renew_at:
-                    position = await leases.hold(self._db, LEASE, self._owner, LEASE_TTL_MS)
+                if self._position is None or loop.time() >= renew_at:
+                    held = await leases.hold(self._db, LEASE, self._owner, LEASE_TTL_MS)
                     renew_at = loop.time() + LEASE_RENEW_S
-                if position is None:
-                    await self._close()  # another worker publishes
-                    await asyncio.sleep(LEASE_RETRY_S * random.uniform(0.75, 1.25))
-                    continue
+                    if held is None:
+                        self._position = None
+                        await self._close()  # another worker publishes
+                        await asyncio.sleep(LEASE_RETRY_S * random.uniform(0.75, 1.25))
+                        continue
+                    self._position, self._stored = max(held, self._position or 0), held
                 async with self._db.read() as conn:
-                    rows = await repository.events_after(conn, position, WINDOW_MAX)
+                    rows = await repository.events_after(conn, self._position, WINDOW_MAX)
+                if rows:
+                    self._position = await self._publish(rows)
+                    self._recovered(loop.time())
+                    backoff_s = BACKOFF_FIRST_S
+                if self._position > self._stored and (not rows or loop.time() >= store_at):
+                    if not await leases.advance(self._db, LEASE, self._owner, self._position):
+                        self._position = None  # the lease went to another worker meanwhile
+                        continue
+                    self._stored, store_at = self._position, loop.time() + STORE_EVERY_S
                 if not rows:
                     await notify.wait(waiter, POLL_S)
-                    continue
-                position = await self._publish(position, rows)
-                self._recovered(loop.time())
-                backoff_s = BACKOFF_FIRST_S
             except _Unpublished as error:
-                position = None  # read again from the outbox with the lease
+                # What JetStream did acknowledge is stored, so that it is not sent again.
+                if error.position > self._stored:
+                    with contextlib.suppress(DatabaseUnavailable):
+                        await leases.advance(self._db, LEASE, self._owner, error.position)
+                self._position = None  # read again from the outbox, with the lease
                 self._outage(loop.time(), error)
                 await self._close()
                 await asyncio.sleep(backoff_s * random.uniform(0.5, 1.0))
@@ -138,58 +163,44 @@ class Publisher:
                 backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
             except Exception:
                 log.exception("NATS publishing failed; retrying")
+                self._position = None
                 await self._close()
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
 
-    async def _publish(self, position: int, rows: Sequence[EventRow]) -> int | None:
-        """Sends `rows` and stores how far JetStream acknowledged them in order: the new
-        position, or None if the lease went to another worker meanwhile. Raises _Unpublished
-        when some were not acknowledged, after storing the position of those that were (so
-        they are not sent again when NATS is back)."""
+    async def _publish(self, rows: Sequence[EventRow]) -> int:
+        """Sends `rows` in order on the one connection (so JetStream stores them in this
+        order) and waits for their acks: the position of the last. Raises _Unpublished, with
+        the position of the last event acknowledged after all those before it, when some
+        were not acknowledged within ACK_TIMEOUT_S."""
+        acked = 0
+        futures: list[asyncio.Future[PubAck]] = []
         try:
             js = await self._connected()
-        except NATS_ERRORS as error:
-            raise _Unpublished(error) from error
-        acked, failure = await self._send(js, rows)
-        if acked:
-            position = rows[acked - 1].position
-            if not await leases.advance(self._db, LEASE, self._owner, position):
-                return None
-        if failure is not None:
-            raise _Unpublished(failure)
-        return position
-
-    async def _send(
-        self, js: JetStreamContext, rows: Sequence[EventRow]
-    ) -> tuple[int, BaseException | None]:
-        """Pipelines the window on the one connection (so JetStream stores it in this order)
-        and waits for the acks, within ACK_TIMEOUT_S in all: how many of the first events
-        were acknowledged, and what stopped the rest if any."""
-        futures: list[asyncio.Future[PubAck]] = []
-        acked = 0
-        try:
             for row in rows:
+                # No wait_stall: the window is far below the client's limit of pending acks,
+                # and waiting on that limit through wait_for doubles the client's cost.
                 future = await js.publish_async(
                     self._target.subject(row.type),
                     event_json(row),
-                    wait_stall=ACK_TIMEOUT_S,
                     stream=self._target.stream,
                     headers={MSG_ID_HEADER: row.id},
                 )
                 futures.append(future)
-            deadline = asyncio.get_running_loop().time() + ACK_TIMEOUT_S
+            await asyncio.wait(futures, timeout=ACK_TIMEOUT_S)
             for future in futures:
-                left = deadline - asyncio.get_running_loop().time()
-                await asyncio.wait_for(future, max(left, 0.001))
+                if not future.done():
+                    raise TimeoutError(f"no ack from JetStream within {ACK_TIMEOUT_S:g} s")
+                future.result()  # raises what JetStream answered instead of an ack
                 acked += 1
         except NATS_ERRORS as error:
-            return acked, error
+            position = rows[acked - 1].position if acked else rows[0].position - 1
+            raise _Unpublished(error, position) from error
         finally:
             # A future still waiting holds a place in the client's window of pending acks.
             for future in futures:
                 future.cancel()
-        return acked, None
+        return rows[-1].position
 
     async def _connected(self) -> JetStreamContext:
         if self._js is not None and self._nc is not None and self._nc.is_connected:
