@@ -32,6 +32,7 @@ from tests.support import (
     reverse,
     sleep_until,
     sql,
+    verify_report,
 )
 
 EVENTS_PATH = "/admin/loyalty/events"
@@ -327,3 +328,52 @@ async def write_stream(client: httpx.AsyncClient, customers: list[str], index: i
         assert response.status_code == 200, response.text
         if n % 5 == 0:
             await asyncio.sleep(0)
+
+
+# --- loyalty verify ------------------------------------------------------------------------
+
+
+def test_verify_finds_a_lost_or_doubled_event(events_backend: Backend) -> None:
+    """An adjustment whose event is missing, or doubled, fails verify's events check naming
+    its customer; restored, verify passes."""
+    url = events_backend.database_url
+    with events_backend.client() as client:
+        customer = new_customer(client)
+        made = ok(adjust(client, customer["id"], 12))
+    assert verify_report(url).returncode == 0
+    row = sql(url, "SELECT * FROM loyalty_events WHERE subject_id = $1", made["id"])[0]
+    columns = [
+        "position",
+        "id",
+        "type",
+        "subject_id",
+        "customer_id",
+        "created_at_ms",
+        "data",
+    ]
+    insert = (
+        f"INSERT INTO loyalty_events ({', '.join(columns)}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+    )
+    by_name = dict(zip(columns, row, strict=True))
+    sql(url, "DELETE FROM loyalty_events WHERE id = $1", by_name["id"])
+    try:
+        report = verify_report(url)
+        assert report.returncode == 1
+        check = report.failed_check("exactly one event")
+        assert customer["id"] in report.failed[check]
+    finally:
+        sql(url, insert, *by_name.values())
+    assert verify_report(url).returncode == 0
+
+    last = int(sql(url, "SELECT last_position FROM loyalty_event_sequence")[0][0])
+    doubled = {**by_name, "position": last + 1, "id": f"{by_name['id'][:-1]}Z"}
+    sql(url, insert, *doubled.values())
+    sql(url, "UPDATE loyalty_event_sequence SET last_position = $1", last + 1)
+    try:
+        report = verify_report(url)
+        assert report.returncode == 1
+        assert customer["id"] in report.failed[report.failed_check("exactly one event")]
+    finally:
+        sql(url, "DELETE FROM loyalty_events WHERE position = $1", last + 1)
+        sql(url, "UPDATE loyalty_event_sequence SET last_position = $1", last)
+    assert verify_report(url).returncode == 0

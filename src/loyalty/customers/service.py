@@ -68,6 +68,7 @@ async def create_customer(db: Database, new: NewCustomer) -> Customer:
                 new_id("evt", created_ms),
                 "customer.created",
                 customer_id,
+                customer_id,
                 created_ms,
                 _encoder.encode(customer),
             )

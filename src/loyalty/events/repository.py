@@ -13,12 +13,13 @@ from typing import NamedTuple
 
 from loyalty.db import Connection
 
-_COLUMNS = "position, id, type, customer_id, created_at_ms, data"
+_COLUMNS = "position, id, type, subject_id, customer_id, created_at_ms, data"
 
 
 class NewEvent(NamedTuple):
     id: str
     type: str
+    subject_id: str  # the id of what changed
     customer_id: str | None
     created_at_ms: int
     data: bytes  # the JSON object of the change
@@ -28,6 +29,7 @@ class EventRow(NamedTuple):
     position: int
     id: str
     type: str
+    subject_id: str
     customer_id: str | None
     created_at_ms: int
     data: str
@@ -44,12 +46,13 @@ async def record(conn: Connection, events: Sequence[NewEvent]) -> None:
     )
     first = int(last) - len(events) + 1
     await conn.executemany(
-        f"INSERT INTO loyalty_events ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)",
+        f"INSERT INTO loyalty_events ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         [
             (
                 first + i,
                 event.id,
                 event.type,
+                event.subject_id,
                 event.customer_id,
                 event.created_at_ms,
                 event.data.decode(),

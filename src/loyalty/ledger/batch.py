@@ -577,6 +577,7 @@ class Batch:
                 changes.append(
                     _event(
                         event_type,
+                        pending_row.id,
                         pending_row.customer_id,
                         pending(pending_row),
                         pending_row.updated_at_ms,
@@ -586,14 +587,18 @@ class Batch:
             if row is not None:
                 event_type = BY_ADJUSTMENT_TYPE[row.type]
                 changes.append(
-                    _event(event_type, row.customer_id, adjustment(row), row.created_at_ms)
+                    _event(event_type, row.id, row.customer_id, adjustment(row), row.created_at_ms)
                 )
         await events.record(self.conn, changes)
         self.events_recorded = len(changes)
 
 
-def _event(event_type: str, customer_id: str, data: msgspec.Struct, at_ms: int) -> NewEvent:
-    return NewEvent(new_id("evt", at_ms), event_type, customer_id, at_ms, _encoder.encode(data))
+def _event(
+    event_type: str, subject_id: str, customer_id: str, data: msgspec.Struct, at_ms: int
+) -> NewEvent:
+    return NewEvent(
+        new_id("evt", at_ms), event_type, subject_id, customer_id, at_ms, _encoder.encode(data)
+    )
 
 
 def _adjust_response(row: AdjustmentRow) -> AdjustResponse:
