@@ -16,6 +16,8 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +25,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -81,12 +84,12 @@ class Stored:
         return json.loads(self.body, parse_float=Decimal)
 
 
-def _nats(work: Callable[[Any], Any]) -> Any:
-    """`work(js)` on a fresh connection to the test NATS (a JetStream context)."""
+def _nats(work: Callable[[Any], Any], url: str = NATS_URL) -> Any:
+    """`work(js)` on a fresh connection to the NATS at `url` (a JetStream context)."""
 
     async def run() -> Any:
         nc = await nats.connect(
-            NATS_URL,
+            url,
             connect_timeout=5,
             allow_reconnect=False,
             max_reconnect_attempts=1,  # else it tries for two minutes before giving up
@@ -106,10 +109,12 @@ class Stream:
 
     name: str
     prefix: str
+    url: str = NATS_URL  # the NATS that holds it
 
-    def env(self, url: str = NATS_URL) -> dict[str, str]:
+    def env(self, url: str | None = None) -> dict[str, str]:
+        """The service's settings to publish to this stream (at `url`, if given)."""
         return {
-            "LOYALTY_NATS_URL": url,
+            "LOYALTY_NATS_URL": url or self.url,
             "LOYALTY_NATS_STREAM": self.name,
             "LOYALTY_NATS_SUBJECT_PREFIX": self.prefix,
         }
@@ -129,21 +134,21 @@ class Stream:
                 stored.append(Stored(seq, msg.subject, headers.get("Nats-Msg-Id"), msg.data or b""))
             return stored
 
-        result: list[Stored] = _nats(read)
+        result: list[Stored] = _nats(read, self.url)
         return result
 
     def config(self) -> Any:
         async def read(js: Any) -> Any:
             return (await js.stream_info(self.name)).config
 
-        return _nats(read)
+        return _nats(read, self.url)
 
     def delete(self) -> None:
         async def delete(js: Any) -> None:
             with contextlib.suppress(nats.js.errors.NotFoundError):
                 await js.delete_stream(self.name)
 
-        _nats(delete)
+        _nats(delete, self.url)
 
 
 @pytest.fixture(scope="session")
@@ -166,6 +171,27 @@ def stream(nats_available: None) -> Iterator[Stream]:
     made = Stream(f"LOYALTY_TEST_{tag}", f"loyaltytest{tag}")
     yield made
     made.delete()
+
+
+@contextmanager
+def own_nats(store: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """A nats-server with JetStream of the test's own on `port`, its data in `store`, so
+    that the test may kill it; stopped at the end."""
+    server = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    args = [server, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+
+        def answers() -> bool | None:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                return True
+            return None
+
+        eventually(answers, WAIT_S, f"nats-server on port {port}")
+        yield process
+    finally:
+        process.kill()
+        process.wait(timeout=30)
 
 
 # --- the service's side --------------------------------------------------------------------
@@ -496,3 +522,39 @@ def test_unreachable_nats_never_fails_an_adjustment_and_the_backlog_follows(
             events = feed(client)
     assert len(events) == 21
     assert_published_once(events, stored, stream)
+
+
+def test_a_nats_outage_is_waited_out_and_the_backlog_follows(
+    databases: DatabaseFactory, tmp_path: Path, nats_available: None
+) -> None:
+    """NATS killed under a running service: adjustments still succeed, the outage is logged
+    once; NATS back on the same port and data: the backlog goes out without a restart of the
+    service, and the stream holds every event once, in order."""
+    port, store = free_port(), tmp_path / "nats-store"
+    stream = Stream(
+        f"LOYALTY_TEST_{uuid.uuid4().hex[:10]}", "loyaltyoutage", f"nats://127.0.0.1:{port}"
+    )
+    url = databases.new_url()
+    with Backend.start(databases.kind, url, tmp_path, **stream.env()) as backend:
+        server = backend.server
+        with backend.client() as client:
+            customer = new_customer(client)["id"]
+            with own_nats(store, port):
+                for i in range(10):
+                    adjust_with(client, customer, i + 1)
+                wait_published(url, stream, [server])
+            for _ in range(10):
+                adjust_with(client, customer, -1)
+            eventually(
+                lambda: True if "NATS publishing paused" in server.log() else None,
+                WAIT_S,
+                "the warning of the outage",
+            )
+            with own_nats(store, port):
+                stored = wait_published(url, stream, [server])
+                events = feed(client)
+        assert server.log().count("NATS publishing paused") == 1, log_tail(server)
+        assert "NATS publishing resumed" in server.log()
+    assert len(events) == 21
+    assert_published_once(events, stored, stream)
+    assert [message.msg_id for message in stored] == [event["id"] for event in events]
