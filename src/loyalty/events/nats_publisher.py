@@ -3,8 +3,9 @@ holds the lease `nats`.
 
 Each event goes to subject `<prefix>.<type>` with header `Nats-Msg-Id` = the event id and the
 event's JSON as the body, in position (commit) order, on one connection. A window of events is
-sent pipelined and its acks awaited; only then is the consumer's position stored. A crash in
-between sends the window again, and JetStream's duplicate window drops what it already holds.
+sent pipelined and its acks awaited; only then may the consumer's position move past it (it is
+stored every 0.5 s under load). A crash in between sends those events again, and JetStream's
+duplicate window drops what it already holds.
 
 Order: messages of one connection reach the stream in the order they were sent, so each
 publisher stores events in commit order. Two publishers at once (a lease that ran out under a
@@ -43,7 +44,7 @@ log = logging.getLogger("loyalty.nats")
 LEASE = "nats"
 LEASE_TTL_MS = 10_000
 # Renewing on every round would be a write five times a second per deployment; every 2 s
-# keeps the lease with room to spare, and `advance` checks the owner on every round anyway.
+# keeps the lease with room to spare, and `advance` checks the owner whenever it stores.
 LEASE_RENEW_S = 2.0
 LEASE_RETRY_S = 2.0  # how often a worker without the lease tries to take it
 POLL_S = 0.2  # events committed by other workers and servers are found within this
