@@ -19,6 +19,8 @@ from starlette.routing import Router
 from starlette.types import ASGIApp
 
 from loyalty import health
+from loyalty.api_keys import routes as api_key_routes
+from loyalty.api_keys import usage as api_key_usage
 from loyalty.auth import rate_limit
 from loyalty.auth import routes as auth_routes
 from loyalty.auth import service as auth
@@ -39,11 +41,12 @@ from loyalty.idempotency.keys import REPLAYED_HEADER
 from loyalty.ledger import routes as ledger_routes
 from loyalty.ledger import scheduler
 from loyalty.ledger.service import Ledger
+from loyalty.webhooks import routes as webhook_routes
+from loyalty.webhooks.dispatcher import Dispatcher
 
 log = logging.getLogger("loyalty")
 
 CORS_MAX_AGE_S = 600
-CONSUMERS_STOP_S = 5.0
 
 
 class _Service(Starlette):
@@ -118,25 +121,26 @@ def route_table(ctx: AppContext) -> list[Endpoint]:
     table += docs.endpoints(lambda: openapi.document(table))
     table += auth_routes.endpoints(ctx)
     table += customer_routes.endpoints(ctx)
+    table += api_key_routes.endpoints(ctx)
     table += ledger_routes.endpoints(ctx)
     table += event_routes.endpoints(ctx)
+    table += webhook_routes.endpoints(ctx)
     return table
 
 
-def _outbox_consumers(ctx: AppContext) -> list[asyncio.Task[None]]:
-    """The background tasks of this worker that send the outbox's events elsewhere (each
-    does its work only in the one worker that holds its lease)."""
-    consumers: list[asyncio.Task[None]] = []
+def _nats_publisher(ctx: AppContext) -> list[asyncio.Task[None]]:
+    """The NATS publisher of this worker, if LOYALTY_NATS_URL is set (it publishes only while
+    this worker holds its lease)."""
     settings = ctx.settings
-    if settings.nats_url is not None:
-        # Imported only when configured: without NATS, the NATS client is never loaded.
-        from loyalty.events import nats_publisher
+    if settings.nats_url is None:
+        return []
+    # Imported only when configured: without NATS, the NATS client is never loaded.
+    from loyalty.events import nats_publisher
 
-        publish = nats_publisher.run(
-            ctx.db, settings.nats_url, settings.nats_stream, settings.nats_subject_prefix
-        )
-        consumers.append(asyncio.create_task(publish))
-    return consumers
+    publish = nats_publisher.run(
+        ctx.db, settings.nats_url, settings.nats_stream, settings.nats_subject_prefix
+    )
+    return [asyncio.create_task(publish)]
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -149,9 +153,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
             ctx.db, ctx.settings.allow_negative_balance, ctx.settings.points_expire_after_ms
         )
         cleanups: list[asyncio.Task[None]] = []
-        # Consumers of the events outbox: stopped before the database closes, so that they
-        # give their lease up and another worker takes over at once.
-        consumers: list[asyncio.Task[None]] = []
         try:
             ctx.guard.open(ctx.db, await auth.ensure_jwt_secret(ctx.db, ctx.settings))
             ctx.ledger.start()
@@ -160,11 +161,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
             cleanups.append(
                 asyncio.create_task(scheduler.run_periodically(ctx.db, ctx.ledger, interval_s))
             )
+            cleanups.append(
+                asyncio.create_task(api_key_usage.run_periodically(ctx.db, ctx.guard.key_uses))
+            )
             window_ms = ctx.settings.login_window_seconds * 1000
             cleanups.append(
                 asyncio.create_task(rate_limit.run_cleanup_periodically(ctx.db, window_ms))
             )
-            consumers += _outbox_consumers(ctx)
+            # Beside the requests, never inside their transactions (webhooks/dispatcher.py).
+            dispatcher = Dispatcher(ctx.db, ctx.settings.webhook_retry_schedule_s)
+            cleanups.append(asyncio.create_task(dispatcher.run()))
+            cleanups += _nats_publisher(ctx)
             # What exists now (modules, the app, the pools) lives as long as the worker. Out
             # of the collector's reach, a full collection no longer walks those ~90,000
             # objects: that walk took ~50 ms, stalled every request in flight, and was
@@ -173,12 +180,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
             gc.freeze()
             yield
         finally:
-            for task in cleanups + consumers:
-                task.cancel()
-            if consumers:
-                await asyncio.wait(consumers, timeout=CONSUMERS_STOP_S)
+            for cleanup in cleanups:
+                cleanup.cancel()
+            # The dispatcher and the NATS publisher give their leases up as they stop, while
+            # the database is open.
+            await asyncio.gather(*cleanups, return_exceptions=True)
             # In-flight adjustments finish and are answered before the database closes.
             await ctx.ledger.stop()
+            try:
+                await ctx.guard.key_uses.flush(ctx.db)
+            except Exception:
+                log.exception("recording API keys' last use at shutdown failed")
             await ctx.db.close()
 
     table = route_table(ctx)

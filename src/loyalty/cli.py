@@ -1,4 +1,5 @@
-"""The `loyalty` command: serve, db migrate, user create / delete / disable / enable, verify.
+"""The `loyalty` command: serve, db migrate, user create / delete / disable / enable,
+api-key create, verify.
 
 Thin: each subcommand reads the settings, opens the database and calls the same services
 the HTTP routes use.
@@ -13,6 +14,8 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from loyalty import logs, migrate
+from loyalty.api_keys import service as api_keys
+from loyalty.api_keys.schemas import TITLE_MAX
 from loyalty.auth import service as auth
 from loyalty.auth.scopes import ALL_SCOPES
 from loyalty.config import ConfigError, Settings
@@ -68,6 +71,21 @@ def _parser() -> argparse.ArgumentParser:
     enable = user_commands.add_parser("enable", help="enable a disabled admin user again")
     enable.add_argument("--email", required=True)
 
+    api_key = commands.add_parser("api-key", help="secret API keys")
+    api_key_commands = api_key.add_subparsers(dest="api_key_command", required=True)
+    key_create = api_key_commands.add_parser(
+        "create", help="create a secret API key for a user; prints its token (shown only once)"
+    )
+    key_create.add_argument("--email", required=True, help="the user the key acts for")
+    key_create.add_argument("--title", required=True)
+    key_create.add_argument(
+        "--scope",
+        action="append",
+        dest="scopes",
+        metavar="SCOPE",
+        help="repeatable; default: every scope the user holds (and never more)",
+    )
+
     commands.add_parser("verify", help="check every ledger invariant; exit 1 if any fails")
     return parser
 
@@ -87,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
             _user_set_disabled(settings, args.email, args.user_command == "disable")
         elif args.command == "user":
             _user_delete(settings, args.email)
+        elif args.command == "api-key":
+            _api_key_create(settings, args)
         elif args.command == "verify":
             migrate.upgrade(settings.database_url)
             ok = _with_db(settings, lambda db: verify(db, print), VERIFY_TIMEOUT_S)
@@ -128,6 +148,17 @@ def _user_create(settings: Settings, args: argparse.Namespace) -> None:
         ),
     )
     print(user.id)
+
+
+def _api_key_create(settings: Settings, args: argparse.Namespace) -> None:
+    if not 1 <= len(args.title) <= TITLE_MAX:
+        raise ValueError(f"--title must be 1 to {TITLE_MAX} characters")
+    migrate.upgrade(settings.database_url)
+    token = _with_db(
+        settings,
+        lambda db: api_keys.create_key_for_email(db, args.email, args.title, args.scopes),
+    )
+    print(token)
 
 
 def _user_delete(settings: Settings, email: str) -> None:

@@ -17,13 +17,17 @@ LIST_ITEMS_MAX = 64
 HTTP_READ_TIMEOUT_SECONDS_MAX = 3600
 SCHEDULER_INTERVAL_SECONDS_MAX = 86400
 EXPIRE_AFTER_DAYS_MAX = 36500
+# The webhook retry schedule: the delays between attempts, in seconds (SPEC 8.2: over 24 h).
+WEBHOOK_RETRY_SCHEDULE_DEFAULT = (5, 30, 120, 600, 3600, 21600, 43200, 86400)
+WEBHOOK_RETRIES_MAX = 32
+WEBHOOK_RETRY_DELAY_S_MAX = 7 * 86400
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-# A browser's Origin header: scheme, host and an optional port, nothing more.
 # NATS: server URLs, and JetStream's names (a stream name and subject tokens).
 NATS_URL_MAX = 2048
 _NATS_URL = re.compile(r"(nats|tls|ws|wss)://[^\s,]+")
 _STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SUBJECT_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,32}(\.[A-Za-z0-9_-]{1,32}){0,3}")
+# A browser's Origin header: scheme, host and an optional port, nothing more.
 _ORIGIN = re.compile(
     r"https?://[a-z0-9.-]+(?::[0-9]{1,5})?|https?://\[[0-9a-f:.]+\](?::[0-9]{1,5})?"
 )
@@ -68,6 +72,10 @@ class Settings:
     # whose concurrent runs each need a stream of their own (streams cannot share subjects).
     nats_stream: str = "LOYALTY"
     nats_subject_prefix: str = "loyalty"
+    # Seconds between a webhook delivery's attempts (each jittered ±20%); after the last, failed.
+    webhook_retry_schedule_s: tuple[Decimal, ...] = tuple(
+        Decimal(delay) for delay in WEBHOOK_RETRY_SCHEDULE_DEFAULT
+    )
 
     @property
     def points_expire_after_ms(self) -> int | None:
@@ -115,6 +123,7 @@ class Settings:
             nats_subject_prefix=_name(
                 env, "LOYALTY_NATS_SUBJECT_PREFIX", "loyalty", _SUBJECT_PREFIX
             ),
+            webhook_retry_schedule_s=_delays(env, "LOYALTY_WEBHOOK_RETRY_SCHEDULE"),
         )
 
 
@@ -143,6 +152,30 @@ def _positive_decimal(env: Mapping[str, str], name: str, high: int) -> Decimal |
     if not value.is_finite() or not 0 < value <= high:
         raise ConfigError(f"{name} must be a number above 0 and at most {high}, got {raw!r}")
     return value
+
+
+def _delays(env: Mapping[str, str], name: str) -> tuple[Decimal, ...]:
+    """Comma-separated seconds, each from 0 to a week (decimals allowed: 0.2), 1 to 32 of
+    them; unset: the default schedule."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return tuple(Decimal(delay) for delay in WEBHOOK_RETRY_SCHEDULE_DEFAULT)
+    items = [item.strip() for item in raw.split(",")]
+    if len(items) > WEBHOOK_RETRIES_MAX:
+        raise ConfigError(f"{name} may list at most {WEBHOOK_RETRIES_MAX} delays")
+    delays = []
+    for item in items:
+        try:
+            delay = Decimal(item)
+        except InvalidOperation:
+            delay = Decimal("NaN")
+        if not delay.is_finite() or not 0 <= delay <= WEBHOOK_RETRY_DELAY_S_MAX:
+            raise ConfigError(
+                f"{name} must list seconds from 0 to {WEBHOOK_RETRY_DELAY_S_MAX},"
+                f" separated by commas, got {item!r}"
+            )
+        delays.append(delay)
+    return tuple(delays)
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
