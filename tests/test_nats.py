@@ -48,6 +48,7 @@ from tests.support import (
     Backend,
     Server,
     adjust_with,
+    backends_on_one_database,
     eventually,
     free_port,
     iso_in,
@@ -556,5 +557,29 @@ def test_a_nats_outage_is_waited_out_and_the_backlog_follows(
         assert server.log().count("NATS publishing paused") == 1, log_tail(server)
         assert "NATS publishing resumed" in server.log()
     assert len(events) == 21
+    assert_published_once(events, stored, stream)
+    assert [message.msg_id for message in stored] == [event["id"] for event in events]
+
+
+def test_two_servers_publish_each_event_once_and_hand_over_on_stop(
+    databases: DatabaseFactory, tmp_path: Path, stream: Stream
+) -> None:
+    """Two server processes on one database, adjusting the same customers: one publishes at a
+    time (the lease), so the stream holds each event once and in commit order. The first
+    stopped, the second goes on publishing from where the publisher stopped."""
+    url = databases.new_url()
+    with backends_on_one_database(databases.kind, url, tmp_path, **stream.env()) as backends:
+        first, second = backends
+        with first.client() as one, second.client() as two:
+            customers = [new_customer(one)["id"] for _ in range(2)]
+            for i in range(20):
+                adjust_with((one, two)[i % 2], customers[(i // 2) % 2], i + 1)
+            wait_published(url, stream, [first.server, second.server])
+            first.server.stop()
+            for i in range(10):
+                adjust_with(two, customers[i % 2], 1)
+            stored = wait_published(url, stream, [second.server])
+            events = feed(two)
+    assert len(events) == 32
     assert_published_once(events, stored, stream)
     assert [message.msg_id for message in stored] == [event["id"] for event in events]
