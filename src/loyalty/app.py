@@ -41,6 +41,8 @@ from loyalty.idempotency.keys import REPLAYED_HEADER
 from loyalty.ledger import routes as ledger_routes
 from loyalty.ledger import scheduler
 from loyalty.ledger.service import Ledger
+from loyalty.metrics import exposition as metrics_exposition
+from loyalty.metrics import routes as metrics_routes
 from loyalty.webhooks import routes as webhook_routes
 from loyalty.webhooks.dispatcher import Dispatcher
 
@@ -118,6 +120,7 @@ def route_table(ctx: AppContext) -> list[Endpoint]:
     """Every endpoint of the service: the router and the OpenAPI document are built from it."""
     table: list[Endpoint] = []
     table += health.endpoints(ctx)
+    table += metrics_routes.endpoints(ctx)
     table += docs.endpoints(lambda: openapi.document(table))
     table += auth_routes.endpoints(ctx)
     table += customer_routes.endpoints(ctx)
@@ -156,6 +159,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             ctx.guard.open(ctx.db, await auth.ensure_jwt_secret(ctx.db, ctx.settings))
             ctx.ledger.start()
+            metrics_exposition.worker_started()
             cleanups.append(asyncio.create_task(idempotency_cleanup.run_periodically(ctx.db)))
             interval_s = float(ctx.settings.scheduler_interval_seconds)
             cleanups.append(
@@ -192,6 +196,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             except Exception:
                 log.exception("recording API keys' last use at shutdown failed")
             await ctx.db.close()
+            metrics_exposition.worker_stopping()
 
     table = route_table(ctx)
     app = _Service(

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from loyalty import logs, migrate
+from loyalty import logs, metrics_dir, migrate
 from loyalty.api_keys import service as api_keys
 from loyalty.api_keys.schemas import TITLE_MAX
 from loyalty.auth import service as auth
@@ -177,8 +178,6 @@ def _user_set_disabled(settings: Settings, email: str, disabled: bool) -> None:
 
 
 def _serve(settings: Settings, host: str, port: int, workers: int) -> None:
-    import uvicorn
-
     if not 1 <= workers <= 64:
         raise ValueError("--workers must be between 1 and 64")
     if not 0 < port < 65536:
@@ -192,6 +191,25 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> None:
     credentials = _with_db(settings, prepare)
     if credentials is not None:
         _announce_admin(*credentials)
+    # Before anything imports prometheus_client, so that it and every worker see it.
+    directory = metrics_dir.fresh()
+    # With one worker, uvicorn shuts down on SIGTERM and then raises the signal again once
+    # its own handler is gone; as an exception here, the directory is still removed, and the
+    # exit is 0 as with several workers.
+    signal.signal(signal.SIGTERM, _exit_after_shutdown)
+    try:
+        _run_uvicorn(settings, host, port, workers)
+    finally:
+        metrics_dir.remove(directory)
+
+
+def _exit_after_shutdown(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def _run_uvicorn(settings: Settings, host: str, port: int, workers: int) -> None:
+    import uvicorn
+
     uvicorn.run(
         "loyalty.app:create_app",
         factory=True,

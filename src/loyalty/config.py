@@ -27,6 +27,9 @@ NATS_URL_MAX = 2048
 _NATS_URL = re.compile(r"(nats|tls|ws|wss)://[^\s,]+")
 _STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SUBJECT_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,32}(\.[A-Za-z0-9_-]{1,32}){0,3}")
+METRICS_TOKEN_MIN = 16
+METRICS_TOKEN_MAX = 256
+_TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
 # A browser's Origin header: scheme, host and an optional port, nothing more.
 _ORIGIN = re.compile(
     r"https?://[a-z0-9.-]+(?::[0-9]{1,5})?|https?://\[[0-9a-f:.]+\](?::[0-9]{1,5})?"
@@ -72,6 +75,8 @@ class Settings:
     # whose concurrent runs each need a stream of their own (streams cannot share subjects).
     nats_stream: str = "LOYALTY"
     nats_subject_prefix: str = "loyalty"
+    # Set: GET /metrics asks for it as a Bearer token; unset: /metrics is open, like /health.
+    metrics_token: str | None = field(default=None, repr=False)
     # Seconds between a webhook delivery's attempts (each jittered ±20%); after the last, failed.
     webhook_retry_schedule_s: tuple[Decimal, ...] = tuple(
         Decimal(delay) for delay in WEBHOOK_RETRY_SCHEDULE_DEFAULT
@@ -123,6 +128,7 @@ class Settings:
             nats_subject_prefix=_name(
                 env, "LOYALTY_NATS_SUBJECT_PREFIX", "loyalty", _SUBJECT_PREFIX
             ),
+            metrics_token=_metrics_token(env, "LOYALTY_METRICS_TOKEN"),
             webhook_retry_schedule_s=_delays(env, "LOYALTY_WEBHOOK_RETRY_SCHEDULE"),
         )
 
@@ -256,3 +262,16 @@ def _name(env: Mapping[str, str], name: str, default: str, pattern: re.Pattern[s
             f"{name} must match {pattern.pattern} (letters, digits, - and _), got {raw!r}"
         )
     return raw
+
+
+def _metrics_token(env: Mapping[str, str], name: str) -> str | None:
+    token = env.get(name) or None
+    # Sent in a header: visible ASCII only, and long enough not to be guessed.
+    if token is not None and not (
+        METRICS_TOKEN_MIN <= len(token) <= METRICS_TOKEN_MAX and _TOKEN_CHARS.fullmatch(token)
+    ):
+        raise ConfigError(
+            f"{name} must be {METRICS_TOKEN_MIN} to {METRICS_TOKEN_MAX} visible ASCII"
+            " characters without spaces"
+        )
+    return token
