@@ -131,6 +131,21 @@ def route_table(ctx: AppContext) -> list[Endpoint]:
     return table
 
 
+def _nats_publisher(ctx: AppContext) -> list[asyncio.Task[None]]:
+    """The NATS publisher of this worker, if LOYALTY_NATS_URL is set (it publishes only while
+    this worker holds its lease)."""
+    settings = ctx.settings
+    if settings.nats_url is None:
+        return []
+    # Imported only when configured: without NATS, the NATS client is never loaded.
+    from loyalty.events import nats_publisher
+
+    publish = nats_publisher.run(
+        ctx.db, settings.nats_url, settings.nats_stream, settings.nats_subject_prefix
+    )
+    return [asyncio.create_task(publish)]
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     ctx = AppContext(settings or Settings.from_env())
 
@@ -157,20 +172,22 @@ def create_app(settings: Settings | None = None) -> Starlette:
             cleanups.append(
                 asyncio.create_task(rate_limit.run_cleanup_periodically(ctx.db, window_ms))
             )
+            # Beside the requests, never inside their transactions (webhooks/dispatcher.py).
+            dispatcher = Dispatcher(ctx.db, ctx.settings.webhook_retry_schedule_s)
+            cleanups.append(asyncio.create_task(dispatcher.run()))
+            cleanups += _nats_publisher(ctx)
             # What exists now (modules, the app, the pools) lives as long as the worker. Out
             # of the collector's reach, a full collection no longer walks those ~90,000
             # objects: that walk took ~50 ms, stalled every request in flight, and was
             # most of the p99 of the busy routes.
-            # Beside the requests, never inside their transactions (webhooks/dispatcher.py).
-            dispatcher = Dispatcher(ctx.db, ctx.settings.webhook_retry_schedule_s)
-            cleanups.append(asyncio.create_task(dispatcher.run()))
             gc.collect()
             gc.freeze()
             yield
         finally:
             for cleanup in cleanups:
                 cleanup.cancel()
-            # The dispatcher gives its lease up as it stops, while the database is open.
+            # The dispatcher and the NATS publisher give their leases up as they stop, while
+            # the database is open.
             await asyncio.gather(*cleanups, return_exceptions=True)
             # In-flight adjustments finish and are answered before the database closes.
             await ctx.ledger.stop()

@@ -22,6 +22,11 @@ WEBHOOK_RETRY_SCHEDULE_DEFAULT = (5, 30, 120, 600, 3600, 21600, 43200, 86400)
 WEBHOOK_RETRIES_MAX = 32
 WEBHOOK_RETRY_DELAY_S_MAX = 7 * 86400
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# NATS: server URLs, and JetStream's names (a stream name and subject tokens).
+NATS_URL_MAX = 2048
+_NATS_URL = re.compile(r"(nats|tls|ws|wss)://[^\s,]+")
+_STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_SUBJECT_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,32}(\.[A-Za-z0-9_-]{1,32}){0,3}")
 METRICS_TOKEN_MIN = 16
 METRICS_TOKEN_MAX = 256
 _TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
@@ -64,6 +69,12 @@ class Settings:
     scheduler_interval_seconds: Decimal = Decimal(60)
     # Set: credits without an expires_at expire this many days after they are made.
     points_expire_after_days: Decimal | None = None
+    # Set: events are published to NATS JetStream (the URL may hold a user and password).
+    nats_url: str | None = field(default=None, repr=False)
+    # The stream and the subjects' first tokens: `LOYALTY` and `loyalty` but in tests,
+    # whose concurrent runs each need a stream of their own (streams cannot share subjects).
+    nats_stream: str = "LOYALTY"
+    nats_subject_prefix: str = "loyalty"
     # Set: GET /metrics asks for it as a Bearer token; unset: /metrics is open, like /health.
     metrics_token: str | None = field(default=None, repr=False)
     # Seconds between a webhook delivery's attempts (each jittered ±20%); after the last, failed.
@@ -111,6 +122,11 @@ class Settings:
             or Decimal(60),
             points_expire_after_days=_positive_decimal(
                 env, "LOYALTY_POINTS_EXPIRE_AFTER_DAYS", EXPIRE_AFTER_DAYS_MAX
+            ),
+            nats_url=_nats_url(env, "LOYALTY_NATS_URL"),
+            nats_stream=_name(env, "LOYALTY_NATS_STREAM", "LOYALTY", _STREAM_NAME),
+            nats_subject_prefix=_name(
+                env, "LOYALTY_NATS_SUBJECT_PREFIX", "loyalty", _SUBJECT_PREFIX
             ),
             metrics_token=_metrics_token(env, "LOYALTY_METRICS_TOKEN"),
             webhook_retry_schedule_s=_delays(env, "LOYALTY_WEBHOOK_RETRY_SCHEDULE"),
@@ -217,6 +233,35 @@ def _log_level(env: Mapping[str, str], name: str) -> str:
     if level not in LOG_LEVELS:
         raise ConfigError(f"{name} must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
     return level
+
+
+def _nats_url(env: Mapping[str, str], name: str) -> str | None:
+    """One or more comma-separated NATS server URLs, or None if unset."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    if len(raw) > NATS_URL_MAX:
+        raise ConfigError(f"{name} must be at most {NATS_URL_MAX} characters")
+    servers = [server.strip() for server in raw.split(",")]
+    for server in servers:
+        if not _NATS_URL.fullmatch(server):
+            # The URL itself is not repeated: it may hold a password.
+            raise ConfigError(
+                f"{name} must list server URLs such as nats://127.0.0.1:4222"
+                " (nats://, tls://, ws:// or wss://, comma-separated)"
+            )
+    return ",".join(servers)
+
+
+def _name(env: Mapping[str, str], name: str, default: str, pattern: re.Pattern[str]) -> str:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    if not pattern.fullmatch(raw):
+        raise ConfigError(
+            f"{name} must match {pattern.pattern} (letters, digits, - and _), got {raw!r}"
+        )
+    return raw
 
 
 def _metrics_token(env: Mapping[str, str], name: str) -> str | None:
