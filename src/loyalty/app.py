@@ -44,7 +44,6 @@ from loyalty.ledger.service import Ledger
 from loyalty.metrics import exposition as metrics_exposition
 from loyalty.metrics import routes as metrics_routes
 from loyalty.webhooks import routes as webhook_routes
-from loyalty.webhooks.dispatcher import Dispatcher
 
 log = logging.getLogger("loyalty")
 
@@ -131,21 +130,6 @@ def route_table(ctx: AppContext) -> list[Endpoint]:
     return table
 
 
-def _nats_publisher(ctx: AppContext) -> list[asyncio.Task[None]]:
-    """The NATS publisher of this worker, if LOYALTY_NATS_URL is set (it publishes only while
-    this worker holds its lease)."""
-    settings = ctx.settings
-    if settings.nats_url is None:
-        return []
-    # Imported only when configured: without NATS, the NATS client is never loaded.
-    from loyalty.events import nats_publisher
-
-    publish = nats_publisher.run(
-        ctx.db, settings.nats_url, settings.nats_stream, settings.nats_subject_prefix
-    )
-    return [asyncio.create_task(publish)]
-
-
 def create_app(settings: Settings | None = None) -> Starlette:
     ctx = AppContext(settings or Settings.from_env())
 
@@ -172,10 +156,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
             cleanups.append(
                 asyncio.create_task(rate_limit.run_cleanup_periodically(ctx.db, window_ms))
             )
-            # Beside the requests, never inside their transactions (webhooks/dispatcher.py).
-            dispatcher = Dispatcher(ctx.db, ctx.settings.webhook_retry_schedule_s)
-            cleanups.append(asyncio.create_task(dispatcher.run()))
-            cleanups += _nats_publisher(ctx)
             # What exists now (modules, the app, the pools) lives as long as the worker. Out
             # of the collector's reach, a full collection no longer walks those ~90,000
             # objects: that walk took ~50 ms, stalled every request in flight, and was
@@ -186,8 +166,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             for cleanup in cleanups:
                 cleanup.cancel()
-            # The dispatcher and the NATS publisher give their leases up as they stop, while
-            # the database is open.
             await asyncio.gather(*cleanups, return_exceptions=True)
             # In-flight adjustments finish and are answered before the database closes.
             await ctx.ledger.stop()

@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from loyalty import logs, metrics_dir, migrate
+from loyalty import logs, metrics_dir, migrate, relay
 from loyalty.api_keys import service as api_keys
 from loyalty.api_keys.schemas import TITLE_MAX
 from loyalty.auth import service as auth
@@ -28,6 +29,7 @@ T = TypeVar("T")
 
 # A whole-ledger check reads every adjustment: minutes for tens of millions of rows.
 VERIFY_TIMEOUT_S = 3600.0
+RELAY_STOP_S = 10.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,6 +90,10 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser("verify", help="check every ledger invariant; exit 1 if any fails")
+    commands.add_parser(
+        "relay",
+        help="hand committed events to webhooks and NATS (serve runs one; this runs one alone)",
+    )
     return parser
 
 
@@ -108,6 +114,9 @@ def main(argv: list[str] | None = None) -> None:
             _user_delete(settings, args.email)
         elif args.command == "api-key":
             _api_key_create(settings, args)
+        elif args.command == "relay":
+            migrate.upgrade(settings.database_url)
+            relay.main(settings)
         elif args.command == "verify":
             migrate.upgrade(settings.database_url)
             ok = _with_db(settings, lambda db: verify(db, print), VERIFY_TIMEOUT_S)
@@ -197,10 +206,24 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> None:
     # its own handler is gone; as an exception here, the directory is still removed, and the
     # exit is 0 as with several workers.
     signal.signal(signal.SIGTERM, _exit_after_shutdown)
+    # Webhooks and NATS are fed by a process beside the workers (relay.py); it inherits the
+    # metrics directory, and it is in the server's process group.
+    relay_process = subprocess.Popen([sys.executable, "-m", "loyalty", "relay"])
     try:
         _run_uvicorn(settings, host, port, workers)
     finally:
+        _stop(relay_process)
         metrics_dir.remove(directory)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then time to store positions and give leases up, then SIGKILL."""
+    process.terminate()
+    try:
+        process.wait(RELAY_STOP_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _exit_after_shutdown(signum: int, frame: object) -> None:

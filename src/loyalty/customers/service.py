@@ -20,7 +20,6 @@ from loyalty.customers.schemas import (
 from loyalty.db import Database, UniqueViolation
 from loyalty.emails import email_key, is_valid_email
 from loyalty.errors import Conflict, FieldError, NotFound, validation_error
-from loyalty.events import notify
 from loyalty.events import repository as events
 from loyalty.events.repository import NewEvent
 from loyalty.ids import new_id
@@ -102,7 +101,6 @@ async def create_customer(db: Database, new: NewCustomer) -> Customer:
             await events.record(conn, [event])
     except UniqueViolation:
         raise await _taken(db, checked) from None
-    notify.changed()
     return customer
 
 

@@ -1,9 +1,9 @@
-"""Which worker runs each consumer of the outbox (the NATS publisher, the webhook dispatcher).
+"""Which relay runs each consumer of the outbox (the NATS publisher, the webhook dispatcher).
 
-A consumer runs in one worker of all servers at a time: the one holding its lease, renewed
-on every round. A worker that dies stops renewing, and another takes over once the lease
-runs out, from the position the consumer last stored. What the dead worker sent after that
-position is sent again: delivery is at least once.
+Every server has a relay (relay.py); a consumer runs in one of them at a time: the one
+holding its lease, renewed as it works. A relay that dies stops renewing, and another takes
+over once the lease runs out, from the position the consumer last stored. What the dead one
+sent after that position is sent again: delivery is at least once.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from loyalty.timestamps import now_ms
 
 
 def new_owner() -> str:
-    """A name for this worker that no other worker, here or on another host, will have."""
+    """A name for this process that no other, here or on another host, will have."""
     return f"{socket.gethostname()[:64]}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
@@ -61,7 +61,7 @@ async def advance(db: Database, name: str, owner: str, position: int) -> bool:
 
 
 async def release(db: Database, name: str, owner: str) -> None:
-    """Gives the lease up (a worker stopping), so another may take over at once."""
+    """Gives the lease up (a relay stopping), so another may take over at once."""
     async with db.write() as conn:
         await conn.execute(
             "UPDATE loyalty_event_consumers SET lease_until_ms = 0 WHERE name = $1 AND owner = $2",

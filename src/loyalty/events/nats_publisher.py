@@ -1,4 +1,4 @@
-"""Publishes the outbox to NATS JetStream (SPEC 8.2), from the one worker of all servers that
+"""Publishes the outbox to NATS JetStream (SPEC 8.2), from the one relay of all servers that
 holds the lease `nats`.
 
 Each event goes to subject `<prefix>.<type>` with header `Nats-Msg-Id` = the event id and the
@@ -35,7 +35,7 @@ from nats.js.api import PubAck, StorageType
 
 from loyalty.db import Database
 from loyalty.errors import DatabaseUnavailable
-from loyalty.events import leases, notify, repository
+from loyalty.events import leases, repository
 from loyalty.events.repository import EventRow
 from loyalty.events.schemas import event_json
 
@@ -46,8 +46,8 @@ LEASE_TTL_MS = 10_000
 # Renewing on every round would be a write five times a second per deployment; every 2 s
 # keeps the lease with room to spare, and `advance` checks the owner whenever it stores.
 LEASE_RENEW_S = 2.0
-LEASE_RETRY_S = 2.0  # how often a worker without the lease tries to take it
-POLL_S = 0.2  # events committed by other workers and servers are found within this
+LEASE_RETRY_S = 2.0  # how often a relay without the lease tries to take it
+POLL_S = 0.1  # the relay finds new commits by polling (every worker and server writes them)
 STORE_EVERY_S = 0.5  # under load, how often the position is stored
 WINDOW_MAX = 500  # events sent before their acks are awaited
 ACK_TIMEOUT_S = 5.0  # well under the lease's ttl, so a window ends before the lease does
@@ -87,7 +87,7 @@ class _Unpublished(Exception):
 
 
 class Publisher:
-    """The loop of one worker: take the lease, then publish what follows its position."""
+    """The loop of one relay: take the lease, then publish what follows its position."""
 
     def __init__(self, db: Database, target: Target) -> None:
         self._db = db
@@ -105,23 +105,21 @@ class Publisher:
         self._stored = 0
 
     async def run(self) -> None:
-        waiter = notify.subscribe()
         try:
-            await self._loop(waiter)
+            await self._loop()
         finally:
-            notify.unsubscribe(waiter)
             await self._close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._hand_over(), HAND_OVER_S)
 
     async def _hand_over(self) -> None:
-        """Stores what was acknowledged and gives the lease up (a worker stopping), so that
-        another worker takes over at once, where this one stopped."""
+        """Stores what was acknowledged and gives the lease up (a relay stopping), so that
+        another relay takes over at once, where this one stopped."""
         if self._position is not None and self._position > self._stored:
             await leases.advance(self._db, LEASE, self._owner, self._position)
         await leases.release(self._db, LEASE, self._owner)
 
-    async def _loop(self, waiter: asyncio.Event) -> None:
+    async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         renew_at = store_at = 0.0
         backoff_s = BACKOFF_FIRST_S
@@ -132,7 +130,7 @@ class Publisher:
                     renew_at = loop.time() + LEASE_RENEW_S
                     if held is None:
                         self._position = None
-                        await self._close()  # another worker publishes
+                        await self._close()  # another relay publishes
                         await asyncio.sleep(LEASE_RETRY_S * random.uniform(0.75, 1.25))
                         continue
                     self._position, self._stored = max(held, self._position or 0), held
@@ -144,11 +142,11 @@ class Publisher:
                     backoff_s = BACKOFF_FIRST_S
                 if self._position > self._stored and (not rows or loop.time() >= store_at):
                     if not await leases.advance(self._db, LEASE, self._owner, self._position):
-                        self._position = None  # the lease went to another worker meanwhile
+                        self._position = None  # the lease went to another relay meanwhile
                         continue
                     self._stored, store_at = self._position, loop.time() + STORE_EVERY_S
                 if not rows:
-                    await notify.wait(waiter, POLL_S)
+                    await asyncio.sleep(POLL_S)
             except _Unpublished as error:
                 # What JetStream did acknowledge is stored, so that it is not sent again.
                 if error.position > self._stored:
@@ -286,6 +284,6 @@ async def _close_quietly(nc: Nats) -> None:
 
 
 async def run(db: Database, url: str, stream: str, subject_prefix: str) -> None:
-    """The publisher of one worker, until cancelled."""
+    """The publisher of one relay, until cancelled."""
     target = Target(tuple(url.split(",")), stream, subject_prefix)
     await Publisher(db, target).run()

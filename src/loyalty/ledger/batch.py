@@ -175,7 +175,6 @@ class Batch:
     # Pending points created or voided, each with how many adjustments came before it, so
     # that their events fall in place among the adjustments'.
     pending_changes: list[tuple[int, str, PendingRow]] = field(default_factory=list)
-    events_recorded: int = 0
 
     async def run(self, conn: Connection) -> list[Outcome]:
         self.conn = conn
@@ -590,7 +589,6 @@ class Batch:
                     _event(event_type, row.id, row.customer_id, adjustment(row), row.created_at_ms)
                 )
         await events.record(self.conn, changes)
-        self.events_recorded = len(changes)
 
 
 def _event(

@@ -22,7 +22,6 @@ from loyalty.errors import (
     InvariantViolation,
     LoyaltyError,
 )
-from loyalty.events import notify
 from loyalty.ids import ID_PATTERN
 from loyalty.ledger import points, repository, schemas
 from loyalty.ledger.audit import log_adjustment
@@ -126,8 +125,6 @@ class Ledger:
             batch = Batch(commands, self._allow_negative, self._expire_after_ms)
             try:
                 outcomes = await self._db.transact(batch.run)
-                if batch.events_recorded:
-                    notify.changed()
             except (RetryableConflict, UniqueViolation):
                 if attempt == BATCH_ATTEMPTS_MAX:
                     raise

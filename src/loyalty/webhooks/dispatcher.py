@@ -1,5 +1,5 @@
 """Sends each committed event to every matching enabled endpoint, at least once, and retries
-what failed on the schedule; one worker of all servers does it at a time (lease `webhooks`).
+what failed on the schedule; one relay of all servers does it at a time (lease `webhooks`).
 
 A round of first attempts: read the events after the smallest endpoint position, send each
 to each endpoint whose position it passed and whose types it matches (up to IN_FLIGHT_MAX at
@@ -26,7 +26,7 @@ from decimal import Decimal
 from loyalty import metrics
 from loyalty.db import Database
 from loyalty.errors import DatabaseUnavailable
-from loyalty.events import leases, notify
+from loyalty.events import leases
 from loyalty.events import repository as events
 from loyalty.events.repository import EventRow
 from loyalty.events.schemas import event_json
@@ -41,10 +41,10 @@ log = logging.getLogger("loyalty.webhooks")
 
 LEASE_NAME = "webhooks"
 LEASE_TTL_MS = 15_000
-# Renewed this often; a worker without the lease asks as often, so after a crash another
+# Renewed this often; a relay without the lease asks as often, so after a crash another
 # takes over within LEASE_TTL_MS and one renewal.
 LEASE_RENEW_S = 3.0
-POLL_S = 0.2  # other workers' and servers' commits are found by polling
+POLL_S = 0.1  # the relay finds new commits by polling (every worker and server writes them)
 # Rounds start at most this often: under load each gathers the events of many ledger batches,
 # so the dispatcher's own write transactions stay few beside the ledger's.
 ROUND_MIN_S = 0.05
@@ -79,7 +79,7 @@ class Dispatcher:
         self._db = db
         self._schedule_s = tuple(float(delay) for delay in retry_schedule_s)
         self._owner = leases.new_owner()
-        self._held_until = 0.0  # time.monotonic() until which this worker holds the lease
+        self._held_until = 0.0  # time.monotonic() until which this relay holds the lease
         self._in_flight = asyncio.Semaphore(IN_FLIGHT_MAX)
 
     @property
@@ -87,15 +87,13 @@ class Dispatcher:
         return time.monotonic() < self._held_until
 
     async def run(self) -> None:
-        """Until cancelled; then gives the lease up so another worker takes over at once."""
-        waiter = notify.subscribe()
+        """Until cancelled; then gives the lease up so another relay takes over at once."""
         client = Sender(USER_AGENT)
         try:
             await asyncio.gather(
-                self._keep_lease(), self._first_attempts(client, waiter), self._retries(client)
+                self._keep_lease(), self._first_attempts(client), self._retries(client)
             )
         finally:
-            notify.unsubscribe(waiter)
             await client.close()
             if self._held_until:
                 try:
@@ -118,7 +116,7 @@ class Dispatcher:
                 self._held_until = asked + LEASE_TTL_MS / 1000 - LEASE_RENEW_S
             await asyncio.sleep(LEASE_RENEW_S * random.uniform(0.8, 1.0))
 
-    async def _first_attempts(self, client: Sender, waiter: asyncio.Event) -> None:
+    async def _first_attempts(self, client: Sender) -> None:
         while True:
             started = time.monotonic()
             busy = False
@@ -130,7 +128,7 @@ class Dispatcher:
                 log.exception("webhooks: a round of deliveries failed")
                 await asyncio.sleep(ERROR_PAUSE_S)
             if not busy:
-                await notify.wait(waiter, POLL_S)
+                await asyncio.sleep(POLL_S)
             await asyncio.sleep(max(0.0, ROUND_MIN_S - (time.monotonic() - started)))
 
     async def _retries(self, client: Sender) -> None:
