@@ -132,7 +132,7 @@ class ServiceTarget:
 
     def taken(self, customer_ids: Sequence[str], references: Sequence[str]) -> set[tuple[str, str]]:
         wanted = set(references)
-        used = set()
+        used: set[tuple[str, str]] = set()
         for customer_id in customer_ids:
             if customer_id not in self._references:
                 # Each customer's references are read once (a page per 100 adjustments).
