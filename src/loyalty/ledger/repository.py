@@ -496,8 +496,7 @@ async def adjustments_from(
     return await _rows(
         conn,
         AdjustmentRow._make,
-        f"SELECT {_ADJUSTMENT_COLUMNS} FROM loyalty_adjustments WHERE {where}"
-        " ORDER BY id LIMIT $2",
+        f"SELECT {_ADJUSTMENT_COLUMNS} FROM loyalty_adjustments WHERE {where} ORDER BY id LIMIT $2",
         bound,
         limit,
     )
