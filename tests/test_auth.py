@@ -46,6 +46,14 @@ ALL_SCOPES = (
     "webhooks:write",
 )
 REQUIRED = {"type": "unauthorized", "message": "Authentication required"}
+UNKNOWN_KEY = "apk_01ARZ3NDEKTSV4RRFFQ69G5FAV"
+# A Basic header carries only a secret API key, and says why it is refused.
+BASIC_REFUSALS = {
+    "basic": "The Basic credentials are not valid base64 of UTF-8 text",
+    "basic_with_credentials": (
+        "The Basic credentials must carry the API key as the username or the password, not both"
+    ),
+}
 OTHER_SECRET = "another-secret-that-is-also-long-enough-for-hs256-9876543210"
 # Every customer this file makes has it in its email, and every list this file reads is
 # narrowed to it (`?q=`): the file sees only what it made, never what other files left in
@@ -81,6 +89,13 @@ class AdminRoute:
             return client.post(path, json=body)
         if self.name == "points.adjust":
             return client.post(path, json={"customer_id": customer_id, "delta": 1})
+        if self.name == "api_keys.create":
+            return client.post(path, json={"title": "auth test"})
+        if self.name == "api_keys.revoke":
+            # A key of the caller's own to revoke, when it may make one; else any id.
+            made = client.post("/admin/api-keys", json={"title": "to revoke"})
+            key_id = made.json()["api_key"]["id"] if made.status_code == 200 else UNKNOWN_KEY
+            return client.post(path.format(kid=key_id))
         return client.request(self.method, path)
 
 
@@ -93,6 +108,15 @@ ROUTES = [
     ),
     AdminRoute("points.balance", "GET", "/admin/loyalty/points/{cid}", "loyalty:read"),
     AdminRoute("points.history", "GET", "/admin/loyalty/points/{cid}/history", "loyalty:read"),
+    AdminRoute("api_keys.create", "POST", "/admin/api-keys", "api_keys:write", writes=True),
+    AdminRoute("api_keys.list", "GET", "/admin/api-keys", "api_keys:write"),
+    AdminRoute(
+        "api_keys.revoke",
+        "POST",
+        "/admin/api-keys/{{kid}}/revoke",
+        "api_keys:write",
+        writes=True,
+    ),
 ]
 ROUTE_IDS = [route.name for route in ROUTES]
 
@@ -275,7 +299,8 @@ def test_bad_credentials_are_401(
     route: AdminRoute,
     case: str,
 ) -> None:
-    """Every kind of bad credential is 401 "Authentication required" and records nothing."""
+    """Every kind of bad credential is 401 "Authentication required" (a Basic header: a
+    message saying what is wrong with it) and records nothing."""
     authorization = bad_authorization(case, backend, admin_id, deleted_user_token)
     headers = {} if authorization is None else {"Authorization": authorization}
     before = records(backend, customer_id) if route.writes else None
@@ -283,7 +308,8 @@ def test_bad_credentials_are_401(
         response = route.call(client, customer_id)
     assert response.status_code == 401, response.text
     assert response.headers["content-type"].startswith("application/json")
-    assert response.json() == REQUIRED
+    message = BASIC_REFUSALS.get(case, REQUIRED["message"])
+    assert response.json() == {"type": "unauthorized", "message": message}
     if route.writes:
         assert records(backend, customer_id) == before
 

@@ -17,7 +17,17 @@ import pytest
 from tests.support import BAD_PAGING, TIMESTAMP, Backend, new_customer, paging_id
 
 CUS_ID = re.compile(r"^cus_[0-9A-HJKMNP-TV-Z]{26}$")
-CUSTOMER_KEYS = {"id", "email", "first_name", "last_name", "created_at", "updated_at"}
+CUSTOMER_KEYS = {
+    "id",
+    "email",
+    "first_name",
+    "last_name",
+    "phone",
+    "company_name",
+    "metadata",
+    "created_at",
+    "updated_at",
+}
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
@@ -56,7 +66,7 @@ def assert_error(response: httpx.Response, status: int, kind: str) -> None:
 
 
 def test_create_returns_the_customer_object_with_a_generated_id(api: httpx.Client) -> None:
-    """Without an id, the server makes a cus_<ULID>; the object has exactly the six fields."""
+    """Without an id, the server makes a cus_<ULID>; the object has exactly the nine fields."""
     email = unique_email()
     response = create(api, {"email": email, "first_name": "Ada", "last_name": "Lovelace"})
     assert response.status_code == 200, response.text
@@ -176,12 +186,14 @@ def test_an_invalid_email_is_400(api: httpx.Client, bad_email: Any) -> None:
 
 
 def test_a_duplicate_email_is_409(api: httpx.Client) -> None:
-    """The same email twice is 409 conflict; the first customer is untouched."""
+    """The same email twice is 409 conflict naming the email; the first customer is
+    untouched."""
     email = unique_email()
     first = create(api, {"email": email, "first_name": "First"})
     assert first.status_code == 200, first.text
     again = create(api, {"email": email, "first_name": "Second"})
     assert_error(again, 409, "conflict")
+    assert again.json()["message"] == f"A customer with email {email} already exists"
     assert search(api, q=email)["count"] == 1
     kept = api.get(f"/admin/customers/{first.json()['customer']['id']}").json()["customer"]
     assert kept["first_name"] == "First"
@@ -198,12 +210,14 @@ def test_a_duplicate_email_differing_in_case_is_409(api: httpx.Client) -> None:
 
 
 def test_a_duplicate_id_is_409(api: httpx.Client) -> None:
-    """A chosen id that already exists is 409 conflict, even with a new email."""
+    """A chosen id that already exists is 409 conflict naming the id, even with a new email."""
     chosen = f"dup_{uuid.uuid4().hex}"
     first = create(api, {"id": chosen, "email": unique_email()})
     assert first.status_code == 200, first.text
     second_email = unique_email()
-    assert_error(create(api, {"id": chosen, "email": second_email}), 409, "conflict")
+    again = create(api, {"id": chosen, "email": second_email})
+    assert_error(again, 409, "conflict")
+    assert again.json()["message"] == f"A customer with id {chosen} already exists"
     assert search(api, q=second_email)["count"] == 0
     assert api.get(f"/admin/customers/{chosen}").json()["customer"] == first.json()["customer"]
 
@@ -211,14 +225,15 @@ def test_a_duplicate_id_is_409(api: httpx.Client) -> None:
 @pytest.mark.parametrize(
     "extra",
     [
-        pytest.param({"phone": "555-0100"}, id="phone"),
-        pytest.param({"metadata": {}}, id="metadata"),
+        pytest.param({"addresses": []}, id="addresses"),
+        pytest.param({"has_account": True}, id="has_account"),
         pytest.param({"Email": "x@example.com"}, id="differently-cased-email"),
         pytest.param({"created_at": "2026-02-18T12:34:56.789Z"}, id="created_at"),
     ],
 )
 def test_unknown_fields_are_400(api: httpx.Client, extra: dict[str, Any]) -> None:
-    """A body field outside email, first_name, last_name, id is 400 invalid_data."""
+    """A body field outside email, first_name, last_name, phone, company_name, metadata, id is
+    400 invalid_data."""
     email = unique_email()
     response = create(api, {"email": email, **extra})
     assert_error(response, 400, "invalid_data")
@@ -239,19 +254,135 @@ def test_invalid_names_are_400(api: httpx.Client, field: str, value: Any) -> Non
 
 
 @pytest.mark.parametrize(
-    "content,content_type",
+    "content,content_type,message",
     [
-        (b"not json", "application/json"),
-        (b"[]", "application/json"),
-        (b'{"email": "a@example.com"}', "text/plain"),
+        (
+            b"{not json}",
+            "application/json",
+            "Request body must be a JSON object; the JSON text is malformed at byte 1",
+        ),
+        (b"[]", "application/json", "Request body must be a JSON object, not an array"),
+        (b'"x"', "application/json", "Request body must be a JSON object, not a string"),
+        (b"", "application/json", "Request body must be a JSON object; the body is empty"),
+        (
+            b'{"email": "a@example.com"',
+            "application/json",
+            "Request body must be a JSON object; the JSON text ends before it is complete",
+        ),
+        (b'{"email": "a@example.com"}', "text/plain", "Content-Type must be application/json"),
     ],
 )
 def test_a_body_that_is_not_a_json_object_is_400(
-    api: httpx.Client, content: bytes, content_type: str
+    api: httpx.Client, content: bytes, content_type: str, message: str
 ) -> None:
-    """Non-JSON, a non-object, or another content type is 400 invalid_data."""
+    """Non-JSON, a non-object, or another content type is 400 invalid_data saying which."""
     response = api.post("/admin/customers", content=content, headers={"Content-Type": content_type})
     assert_error(response, 400, "invalid_data")
+    assert response.json()["message"] == message
+
+
+# --- Medusa's customer fields: phone, company_name, metadata (SPEC 8.4) -------------------
+
+
+def test_medusa_fields_are_kept_and_returned_everywhere(api: httpx.Client) -> None:
+    """phone, company_name and metadata sent on create come back exactly from the create, the
+    get and the list."""
+    tag = marker()
+    metadata = {"medusa_id": "cus_01J", "tier": "gold", "k" * 40: "v" * 500, "empty": ""}
+    response = create(
+        api,
+        {
+            "email": unique_email(tag),
+            "phone": "+1 (555) 0100-2000 ext. 123 4567",
+            "company_name": "Ç" * 255,
+            "metadata": metadata,
+        },
+    )
+    assert response.status_code == 200, response.text
+    customer = response.json()["customer"]
+    assert customer["phone"] == "+1 (555) 0100-2000 ext. 123 4567"
+    assert customer["company_name"] == "Ç" * 255
+    assert customer["metadata"] == metadata
+    assert api.get(f"/admin/customers/{customer['id']}").json() == {"customer": customer}
+    assert search(api, q=tag)["customers"] == [customer]
+
+
+def test_medusa_fields_are_optional_and_nullable(api: httpx.Client) -> None:
+    """Absent or null, phone, company_name and metadata are null; {} metadata stays {}."""
+    absent = create(api, {"email": unique_email()})
+    assert absent.status_code == 200, absent.text
+    nulls = create(
+        api, {"email": unique_email(), "phone": None, "company_name": None, "metadata": None}
+    )
+    assert nulls.status_code == 200, nulls.text
+    for response in (absent, nulls):
+        customer = response.json()["customer"]
+        assert (customer["phone"], customer["company_name"], customer["metadata"]) == (
+            None,
+            None,
+            None,
+        )
+        got = api.get(f"/admin/customers/{customer['id']}").json()["customer"]
+        assert (got["phone"], got["company_name"], got["metadata"]) == (None, None, None)
+    empty = create(api, {"email": unique_email(), "metadata": {}})
+    assert empty.status_code == 200, empty.text
+    assert empty.json()["customer"]["metadata"] == {}
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("phone", "1" * 33, "phone must be a string of at most 32 characters, or null"),
+        ("phone", 5550100, "phone must be a string of at most 32 characters, or null"),
+        (
+            "company_name",
+            "x" * 256,
+            "company_name must be a string of at most 255 characters, or null",
+        ),
+        (
+            "company_name",
+            ["Acme"],
+            "company_name must be a string of at most 255 characters, or null",
+        ),
+        (
+            "metadata",
+            {f"k{i}": "v" for i in range(17)},
+            "metadata must have at most 16 keys, not 17",
+        ),
+        ("metadata", {"": "v"}, "metadata keys must be 1 to 40 characters long"),
+        ("metadata", {"k" * 41: "v"}, "metadata keys must be 1 to 40 characters long"),
+        (
+            "metadata",
+            {"note": "v" * 501},
+            "metadata values must be at most 500 characters (the value of 'note' is longer)",
+        ),
+        ("metadata", {"n": 1}, "metadata values must be strings (the value of 'n' is not)"),
+        ("metadata", {"n": None}, "metadata values must be strings (the value of 'n' is not)"),
+        (
+            "metadata",
+            {"n": {"deep": "x"}},
+            "metadata values must be strings (the value of 'n' is not)",
+        ),
+        ("metadata", ["a"], "metadata must be a JSON object whose values are strings, or null"),
+        (
+            "metadata",
+            "tier=gold",
+            "metadata must be a JSON object whose values are strings, or null",
+        ),
+    ],
+)
+def test_invalid_medusa_fields_are_400_with_a_precise_message(
+    api: httpx.Client, field: str, value: Any, message: str
+) -> None:
+    """Each broken limit is 400 invalid_data whose own message says which (Medusa's SDK keeps
+    only the message), and no customer is created."""
+    email = unique_email()
+    response = create(api, {"email": email, field: value})
+    assert_error(response, 400, "invalid_data")
+    body = response.json()
+    assert body["message"] == message
+    assert body["errors"] == [{"field": field, "message": message}]
+    assert search(api, q=email)["count"] == 0
 
 
 # --- GET /admin/customers/{id} -----------------------------------------------------------

@@ -386,7 +386,9 @@ def test_deeply_nested_json_is_400(api: httpx.Client, path: str) -> None:
     assert_envelope(response, 400, "invalid_data")
 
 
-@pytest.mark.parametrize("field", ["email", "first_name", "last_name", "id"])
+@pytest.mark.parametrize(
+    "field", ["email", "first_name", "last_name", "phone", "company_name", "metadata", "id"]
+)
 def test_out_of_range_number_in_a_customer_field_is_400(api: httpx.Client, field: str) -> None:
     """A customer field holding 1e400 (beyond a double's range) is 400 naming it, not a 500."""
     body = {"email": json.dumps(_unique_email()), field: "1e400"}

@@ -52,41 +52,98 @@ def funded(api: httpx.Client) -> str:
     return customer_id
 
 
-INVALID: list[tuple[str, str, dict[str, Any]]] = [
-    ("reference 129 characters", "reference", {"reference": "r" * 129}),
-    ("reference empty", "reference", {"reference": ""}),
-    ("reference with a space", "reference", {"reference": "order 1"}),
-    ("reference non-ASCII", "reference", {"reference": "commande-é"}),
-    ("reference with a tab", "reference", {"reference": "order\t1"}),
-    ("reference a number", "reference", {"reference": 12345}),
-    ("metadata 17 keys", "metadata", {"metadata": {f"k{i}": "v" for i in range(17)}}),
-    ("metadata key 41 characters", "metadata", {"metadata": {"k" * 41: "v"}}),
-    ("metadata key empty", "metadata", {"metadata": {"": "v"}}),
-    ("metadata value 501 characters", "metadata", {"metadata": {"note": "v" * 501}}),
-    ("metadata value a number", "metadata", {"metadata": {"note": 5}}),
-    ("metadata value a boolean", "metadata", {"metadata": {"note": True}}),
-    ("metadata value null", "metadata", {"metadata": {"note": None}}),
-    ("metadata value an object", "metadata", {"metadata": {"note": {"a": "b"}}}),
-    ("metadata a list", "metadata", {"metadata": ["a", "b"]}),
-    ("metadata a string", "metadata", {"metadata": "note"}),
-    ("expires_at in the past", "expires_at", {"expires_at": iso_in(-3600)}),
-    ("expires_at unparseable", "expires_at", {"expires_at": "next tuesday"}),
-    ("expires_at month 13", "expires_at", {"expires_at": "2031-13-01T00:00:00.000Z"}),
-    ("expires_at year 10000", "expires_at", {"expires_at": "10000-01-01T00:00:00.000Z"}),
-    ("expires_at a number", "expires_at", {"expires_at": 1893456000}),
-    ("expires_at with a debit", "expires_at", {"delta": -5, "expires_at": iso_in(86400)}),
+_REFERENCE_CHARS = (
+    "reference must be visible ASCII characters only: no spaces, no control or non-ASCII characters"
+)
+_NOT_STRING = "metadata values must be strings (the value of 'note' is not)"
+_NOT_OBJECT = "metadata must be a JSON object whose values are strings, or null"
+_NOT_DATE = "expires_at must be an ISO 8601 date-time"
+# (what, the field blamed, the body's fields, the message that says why on its own)
+INVALID: list[tuple[str, str, dict[str, Any], str]] = [
+    (
+        "reference 129 characters",
+        "reference",
+        {"reference": "r" * 129},
+        "reference must be at most 128 characters",
+    ),
+    (
+        "reference empty",
+        "reference",
+        {"reference": ""},
+        "reference must not be empty (send null for none)",
+    ),
+    ("reference with a space", "reference", {"reference": "order 1"}, _REFERENCE_CHARS),
+    ("reference non-ASCII", "reference", {"reference": "commande-é"}, _REFERENCE_CHARS),
+    ("reference with a tab", "reference", {"reference": "order\t1"}, _REFERENCE_CHARS),
+    (
+        "reference a number",
+        "reference",
+        {"reference": 12345},
+        "reference must be a string of 1 to 128 visible ASCII characters, or null",
+    ),
+    (
+        "metadata 17 keys",
+        "metadata",
+        {"metadata": {f"k{i}": "v" for i in range(17)}},
+        "metadata must have at most 16 keys, not 17",
+    ),
+    (
+        "metadata key 41 characters",
+        "metadata",
+        {"metadata": {"k" * 41: "v"}},
+        "metadata keys must be 1 to 40 characters long",
+    ),
+    (
+        "metadata key empty",
+        "metadata",
+        {"metadata": {"": "v"}},
+        "metadata keys must be 1 to 40 characters long",
+    ),
+    (
+        "metadata value 501 characters",
+        "metadata",
+        {"metadata": {"note": "v" * 501}},
+        "metadata values must be at most 500 characters (the value of 'note' is longer)",
+    ),
+    ("metadata value a number", "metadata", {"metadata": {"note": 5}}, _NOT_STRING),
+    ("metadata value a boolean", "metadata", {"metadata": {"note": True}}, _NOT_STRING),
+    ("metadata value null", "metadata", {"metadata": {"note": None}}, _NOT_STRING),
+    ("metadata value an object", "metadata", {"metadata": {"note": {"a": "b"}}}, _NOT_STRING),
+    ("metadata a list", "metadata", {"metadata": ["a", "b"]}, _NOT_OBJECT),
+    ("metadata a string", "metadata", {"metadata": "note"}, _NOT_OBJECT),
+    (
+        "expires_at in the past",
+        "expires_at",
+        {"expires_at": iso_in(-3600)},
+        "expires_at must be in the future",
+    ),
+    ("expires_at unparseable", "expires_at", {"expires_at": "next tuesday"}, _NOT_DATE),
+    ("expires_at month 13", "expires_at", {"expires_at": "2031-13-01T00:00:00.000Z"}, _NOT_DATE),
+    ("expires_at year 10000", "expires_at", {"expires_at": "10000-01-01T00:00:00.000Z"}, _NOT_DATE),
+    ("expires_at a number", "expires_at", {"expires_at": 1893456000}, _NOT_DATE),
+    (
+        "expires_at with a debit",
+        "expires_at",
+        {"delta": -5, "expires_at": iso_in(86400)},
+        "expires_at is only allowed with a positive delta",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("field", "extra"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID])
+@pytest.mark.parametrize(
+    ("field", "extra", "message"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID]
+)
 def test_invalid_field_is_400_naming_it_and_records_nothing(
-    api: httpx.Client, funded: str, field: str, extra: dict[str, Any]
+    api: httpx.Client, funded: str, field: str, extra: dict[str, Any], message: str
 ) -> None:
     """Each out-of-rule reference, metadata or expires_at is 400 invalid_data naming that
-    field; the balance and the history are as before."""
+    field, with a message that says precisely why; the balance and the history are as
+    before."""
     before = ledger(api, funded)
     body = {"customer_id": funded, "delta": 10, **extra}
-    assert_error(post_json(api, ADJUST_PATH, body), 400, "invalid_data", field)
+    response = post_json(api, ADJUST_PATH, body)
+    assert_error(response, 400, "invalid_data", field)
+    assert response.json()["message"] == message
     assert ledger(api, funded) == before
 
 

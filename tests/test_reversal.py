@@ -127,12 +127,23 @@ def test_partial_reversals_add_up_to_the_credit_and_no_further(api: httpx.Client
 
 
 @pytest.mark.parametrize(
-    "points",
-    ["0", "-5", '"10"', "true", "1.234", "0.001", '{"n": 1}', "[1]"],
+    ("points", "message"),
+    [
+        ("0", "points must be above 0"),
+        ("-5", "points must be above 0"),
+        ('"10"', "points must be a number, not a string"),
+        ("true", "points must be a number, not a boolean"),
+        ("1.234", "points must have at most 2 decimal places; 1.234 has 3"),
+        ("0.001", "points must have at most 2 decimal places; 0.001 has 3"),
+        ('{"n": 1}', "points must be a number, not an object"),
+        ("[1]", "points must be a number, not an array"),
+        ("1000000000.01", "points must be at most 1000000000; 1000000000.01 is too large"),
+        ("1e400", "points must be at most 1000000000; 1e400 is too large"),
+    ],
 )
-def test_invalid_points_are_400_naming_points(api: httpx.Client, points: str) -> None:
+def test_invalid_points_are_400_naming_points(api: httpx.Client, points: str, message: str) -> None:
     """points that are not a positive number with at most 2 decimals: 400 invalid_data
-    naming points; nothing reversed."""
+    naming points, whose message says precisely what is wrong; nothing reversed."""
     customer_id, credit = funded(api, 100)
     before = snapshot(api, customer_id)
     response = api.post(
@@ -141,6 +152,7 @@ def test_invalid_points_are_400_naming_points(api: httpx.Client, points: str) ->
         headers={"Content-Type": "application/json"},
     )
     assert_error(response, 400, "invalid_data", "points")
+    assert response.json()["message"] == message
     assert snapshot(api, customer_id) == before
     assert adjustment_of(api, credit)["reversed_points"] == 0
 

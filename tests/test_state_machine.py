@@ -118,26 +118,35 @@ metadatas = st.none() | st.dictionaries(
 )
 
 # Invalid adjust bodies: (what, JSON text with {cid} for the customer id, the field blamed).
-# Every delta case must get exactly the seed's message.
+# Every delta case gets its own precise message; only a zero keeps the seed's (SPEC 8.4).
+_TOO_LARGE = "delta must be at most 1000000000 in absolute value; {} is too large"
 _INVALID_DELTAS = [
-    ("zero", "0"),
-    ("zero with places", "0.00"),
-    ("negative zero", "-0"),
-    ("zero with an exponent", "0e5"),
-    ("three places", "1.005"),
-    ("three places, negative", "-0.001"),
-    ("many places", "2.500001"),
-    ("string", '"10"'),
-    ("boolean", "true"),
-    ("null", "null"),
-    ("too large", "1000000000.01"),
-    ("too small", "-1000000000.01"),
-    ("array", "[1]"),
+    ("zero", "0", DELTA_MESSAGE),
+    ("zero with places", "0.00", DELTA_MESSAGE),
+    ("negative zero", "-0", DELTA_MESSAGE),
+    ("zero with an exponent", "0e5", DELTA_MESSAGE),
+    ("three places", "1.005", "delta must have at most 2 decimal places; 1.005 has 3"),
+    ("three places, negative", "-0.001", "delta must have at most 2 decimal places; -0.001 has 3"),
+    ("many places", "2.500001", "delta must have at most 2 decimal places; 2.500001 has 6"),
+    ("string", '"10"', "delta must be a number, not a string"),
+    ("boolean", "true", "delta must be a number, not a boolean"),
+    (
+        "null",
+        "null",
+        "delta must be a number, not null (JSON.stringify sends NaN and Infinity as null)",
+    ),
+    ("too large", "1000000000.01", _TOO_LARGE.format("1000000000.01")),
+    ("too small", "-1000000000.01", _TOO_LARGE.format("-1000000000.01")),
+    ("array", "[1]", "delta must be a number, not an array"),
 ]
+_DELTA_MESSAGES = {
+    '{"customer_id": "{cid}", "delta": ' + delta + "}": message
+    for _, delta, message in _INVALID_DELTAS
+}
 INVALID_BODIES: list[tuple[str, str, str | None]] = [
     *(
         (what, '{"customer_id": "{cid}", "delta": ' + delta + "}", "delta")
-        for what, delta in _INVALID_DELTAS
+        for what, delta, _ in _INVALID_DELTAS
     ),
     ("missing delta", '{"customer_id": "{cid}"}', "delta"),
     ("unknown field", '{"customer_id": "{cid}", "delta": 5, "points": 5}', "points"),
@@ -803,7 +812,8 @@ class LedgerMachine(RuleBasedStateMachine):
         response = self._post_adjust(query, template.replace("{cid}", customer), key)
         error = self._error(response, 400, "invalid_data")
         if field == "delta":
-            assert error["message"] == DELTA_MESSAGE, (what, error)
+            expected = _DELTA_MESSAGES.get(template, "delta is required")
+            assert error["message"] == expected, (what, error)
         if field is not None:
             assert field in [e["field"] for e in error.get("errors", [])], (what, error)
         if key is not None:

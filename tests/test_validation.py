@@ -98,72 +98,98 @@ def raw_number(response: httpx.Response, name: str) -> str:
 
 # --- delta -------------------------------------------------------------------------------
 
+ZERO_DELTAS = ["0", "0.0", "0.00", "-0", "-0.0", "-0.00", "0e10", "0E-5", "0e999"]
+_NOT_NULL = "delta must be a number, not null (JSON.stringify sends NaN and Infinity as null)"
+_FLOAT_HINT = " (a binary float's rounding, as 0.1 + 0.2 gives in JavaScript?)"
+
+
+def _places(literal: str, places: int, hint: str = "") -> tuple[str, str]:
+    return literal, f"delta must have at most 2 decimal places; {literal} has {places}{hint}"
+
+
+def _too_large(literal: str) -> tuple[str, str]:
+    return literal, f"delta must be at most 1000000000 in absolute value; {literal} is too large"
+
+
+# Every other invalid delta, with the message that says on its own what is wrong with it
+# (Medusa's SDK keeps only the message, SPEC 8.4).
 INVALID_DELTAS = [
-    # zero in every spelling
-    "0",
-    "0.0",
-    "0.00",
-    "-0",
-    "-0.0",
-    "-0.00",
-    "0e10",
-    "0E-5",
     # not numbers
-    '"100"',
-    '"0"',
-    '""',
-    '"1e2"',
-    "true",
-    "false",
-    "null",
-    "{}",
-    '{"value": 1}',
-    "[]",
-    "[1]",
+    ('"100"', "delta must be a number, not a string"),
+    ('"0"', "delta must be a number, not a string"),
+    ('""', "delta must be a number, not a string"),
+    ('"1e2"', "delta must be a number, not a string"),
+    ("true", "delta must be a number, not a boolean"),
+    ("false", "delta must be a number, not a boolean"),
+    ("null", _NOT_NULL),
+    ("{}", "delta must be a number, not an object"),
+    ('{"value": 1}', "delta must be a number, not an object"),
+    ("[]", "delta must be a number, not an array"),
+    ("[1]", "delta must be a number, not an array"),
     # more than 2 fractional digits
-    "0.001",
-    "-0.001",
-    "1.005",
-    "-1.005",
-    "100.001",
-    "1e-3",
-    "1E-3",
-    "0.0001",
-    "1e-400",
+    _places("0.001", 3),
+    _places("-0.001", 3),
+    _places("1.005", 3),
+    _places("-1.005", 3),
+    _places("100.001", 3),
+    _places("1e-3", 3),
+    _places("1E-3", 3),
+    _places("0.0001", 4),
+    _places("1e-400", 400),
+    _places("0.30000000000000004", 17, _FLOAT_HINT),  # JavaScript's 0.1 + 0.2
+    _places("-99.99000000000001", 14, _FLOAT_HINT),
     # too large
-    "1000000000.01",
-    "-1000000000.01",
-    "1000000001",
-    "-1000000001",
-    "1e10",
-    "-1e10",
-    "1E+400",
-    "1e400",
-    "123456789012345678901234567890",
+    _too_large("1000000000.01"),
+    _too_large("-1000000000.01"),
+    _too_large("1000000001"),
+    _too_large("-1000000001"),
+    _too_large("1e10"),
+    _too_large("-1e10"),
+    _too_large("1E+400"),  # beyond a double: not finite
+    _too_large("1e400"),
+    _too_large("123456789012345678901234567890"),
+    ("1" * 65, "delta must be a number written in at most 64 characters"),
 ]
 
 
-@pytest.mark.parametrize("literal", INVALID_DELTAS)
-def test_invalid_delta_is_rejected_with_the_seed_message(funded: Funded, literal: str) -> None:
-    """A zero or invalid delta is 400 with the seed's delta message and records nothing."""
+@pytest.mark.parametrize("literal", ZERO_DELTAS)
+def test_zero_delta_is_rejected_with_the_seed_message(funded: Funded, literal: str) -> None:
+    """A zero delta in any spelling is 400 with the seed's exact message and records nothing."""
     response = adjust_raw(funded.api, funded.body(f'{{"customer_id": CID, "delta": {literal}}}'))
     body = assert_invalid(response, "delta")
     assert body["message"] == DELTA_MESSAGE
     funded.assert_unchanged()
 
 
+@pytest.mark.parametrize(("literal", "message"), INVALID_DELTAS)
+def test_invalid_delta_is_rejected_with_its_precise_message(
+    funded: Funded, literal: str, message: str
+) -> None:
+    """Any other invalid delta is 400 whose message says exactly what is wrong with it (not
+    the zero's message), and records nothing."""
+    response = adjust_raw(funded.api, funded.body(f'{{"customer_id": CID, "delta": {literal}}}'))
+    body = assert_invalid(response, "delta")
+    assert body["message"] == message
+    assert body["errors"][0] == {"field": "delta", "message": message}
+    funded.assert_unchanged()
+
+
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
 def test_non_finite_delta_written_raw_is_rejected(funded: Funded, literal: str) -> None:
-    """Raw NaN/Infinity (as json.dumps writes them) is not JSON: 400 invalid_data, no record."""
+    """Raw NaN/Infinity (as json.dumps writes them) is not JSON: 400 invalid_data saying so,
+    no record."""
     response = adjust_raw(funded.api, funded.body(f'{{"customer_id": CID, "delta": {literal}}}'))
-    assert_invalid(response)
+    message = assert_invalid(response)["message"]
+    assert message.startswith(
+        "Request body must be a JSON object; NaN and Infinity are not JSON numbers (at byte "
+    ), message
     funded.assert_unchanged()
 
 
 def test_missing_delta_is_rejected(funded: Funded) -> None:
-    """A body without delta is 400 with the delta message, errors naming delta."""
+    """A body without delta is 400 saying delta is required, errors naming delta."""
     response = adjust_raw(funded.api, funded.body('{"customer_id": CID, "reason": "x"}'))
-    assert assert_invalid(response, "delta")["message"] == DELTA_MESSAGE
+    assert assert_invalid(response, "delta")["message"] == "delta is required"
     funded.assert_unchanged()
 
 
@@ -483,7 +509,8 @@ def test_negative_balance_when_allowed(databases: DatabaseFactory, tmp_path: Pat
             response = adjust_raw(api, f'{{"customer_id": {quoted}, "delta": 0}}')
             assert assert_invalid(response, "delta")["message"] == DELTA_MESSAGE
             response = adjust_raw(api, f'{{"customer_id": {quoted}, "delta": -0.001}}')
-            assert assert_invalid(response, "delta")["message"] == DELTA_MESSAGE
+            message = "delta must have at most 2 decimal places; -0.001 has 3"
+            assert assert_invalid(response, "delta")["message"] == message
             assert api.get(f"/admin/loyalty/points/{customer_id}/history").json()["count"] == 3
 
 

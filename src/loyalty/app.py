@@ -19,6 +19,8 @@ from starlette.routing import Router
 from starlette.types import ASGIApp
 
 from loyalty import health
+from loyalty.api_keys import routes as api_key_routes
+from loyalty.api_keys import usage as api_key_usage
 from loyalty.auth import rate_limit
 from loyalty.auth import routes as auth_routes
 from loyalty.auth import service as auth
@@ -27,6 +29,7 @@ from loyalty.context import AppContext
 from loyalty.customers import routes as customer_routes
 from loyalty.db import open_database
 from loyalty.errors import LoyaltyError, NotFound
+from loyalty.events import routes as event_routes
 from loyalty.http import docs, openapi
 from loyalty.http.access_log import REQUEST_ID_HEADER, RequestLog
 from loyalty.http.responses import PATH_SHOWN_MAX, error_response, json_response
@@ -38,6 +41,10 @@ from loyalty.idempotency.keys import REPLAYED_HEADER
 from loyalty.ledger import routes as ledger_routes
 from loyalty.ledger import scheduler
 from loyalty.ledger.service import Ledger
+from loyalty.metrics import exposition as metrics_exposition
+from loyalty.metrics import routes as metrics_routes
+from loyalty.webhooks import routes as webhook_routes
+from loyalty.webhooks.dispatcher import Dispatcher
 
 log = logging.getLogger("loyalty")
 
@@ -113,10 +120,14 @@ def route_table(ctx: AppContext) -> list[Endpoint]:
     """Every endpoint of the service: the router and the OpenAPI document are built from it."""
     table: list[Endpoint] = []
     table += health.endpoints(ctx)
+    table += metrics_routes.endpoints(ctx)
     table += docs.endpoints(lambda: openapi.document(table))
     table += auth_routes.endpoints(ctx)
     table += customer_routes.endpoints(ctx)
+    table += api_key_routes.endpoints(ctx)
     table += ledger_routes.endpoints(ctx)
+    table += event_routes.endpoints(ctx)
+    table += webhook_routes.endpoints(ctx)
     return table
 
 
@@ -133,10 +144,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             ctx.guard.open(ctx.db, await auth.ensure_jwt_secret(ctx.db, ctx.settings))
             ctx.ledger.start()
+            metrics_exposition.worker_started()
             cleanups.append(asyncio.create_task(idempotency_cleanup.run_periodically(ctx.db)))
             interval_s = float(ctx.settings.scheduler_interval_seconds)
             cleanups.append(
                 asyncio.create_task(scheduler.run_periodically(ctx.db, ctx.ledger, interval_s))
+            )
+            cleanups.append(
+                asyncio.create_task(api_key_usage.run_periodically(ctx.db, ctx.guard.key_uses))
             )
             window_ms = ctx.settings.login_window_seconds * 1000
             cleanups.append(
@@ -146,15 +161,25 @@ def create_app(settings: Settings | None = None) -> Starlette:
             # of the collector's reach, a full collection no longer walks those ~90,000
             # objects: that walk took ~50 ms, stalled every request in flight, and was
             # most of the p99 of the busy routes.
+            # Beside the requests, never inside their transactions (webhooks/dispatcher.py).
+            dispatcher = Dispatcher(ctx.db, ctx.settings.webhook_retry_schedule_s)
+            cleanups.append(asyncio.create_task(dispatcher.run()))
             gc.collect()
             gc.freeze()
             yield
         finally:
             for cleanup in cleanups:
                 cleanup.cancel()
+            # The dispatcher gives its lease up as it stops, while the database is open.
+            await asyncio.gather(*cleanups, return_exceptions=True)
             # In-flight adjustments finish and are answered before the database closes.
             await ctx.ledger.stop()
+            try:
+                await ctx.guard.key_uses.flush(ctx.db)
+            except Exception:
+                log.exception("recording API keys' last use at shutdown failed")
             await ctx.db.close()
+            metrics_exposition.worker_stopping()
 
     table = route_table(ctx)
     app = _Service(

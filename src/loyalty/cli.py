@@ -1,4 +1,5 @@
-"""The `loyalty` command: serve, db migrate, user create / delete / disable / enable, verify.
+"""The `loyalty` command: serve, db migrate, user create / delete / disable / enable,
+api-key create, verify.
 
 Thin: each subcommand reads the settings, opens the database and calls the same services
 the HTTP routes use.
@@ -8,11 +9,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from loyalty import logs, migrate
+from loyalty import logs, metrics_dir, migrate
+from loyalty.api_keys import service as api_keys
+from loyalty.api_keys.schemas import TITLE_MAX
 from loyalty.auth import service as auth
 from loyalty.auth.scopes import ALL_SCOPES
 from loyalty.config import ConfigError, Settings
@@ -69,6 +73,21 @@ def _parser() -> argparse.ArgumentParser:
     enable = user_commands.add_parser("enable", help="enable a disabled admin user again")
     enable.add_argument("--email", required=True)
 
+    api_key = commands.add_parser("api-key", help="secret API keys")
+    api_key_commands = api_key.add_subparsers(dest="api_key_command", required=True)
+    key_create = api_key_commands.add_parser(
+        "create", help="create a secret API key for a user; prints its token (shown only once)"
+    )
+    key_create.add_argument("--email", required=True, help="the user the key acts for")
+    key_create.add_argument("--title", required=True)
+    key_create.add_argument(
+        "--scope",
+        action="append",
+        dest="scopes",
+        metavar="SCOPE",
+        help="repeatable; default: every scope the user holds (and never more)",
+    )
+
     commands.add_parser("verify", help="check every ledger invariant; exit 1 if any fails")
     transfer_cli.add_commands(commands)
     return parser
@@ -89,6 +108,8 @@ def main(argv: list[str] | None = None) -> None:
             _user_set_disabled(settings, args.email, args.user_command == "disable")
         elif args.command == "user":
             _user_delete(settings, args.email)
+        elif args.command == "api-key":
+            _api_key_create(settings, args)
         elif args.command == "verify":
             migrate.upgrade(settings.database_url)
             ok = _with_db(settings, lambda db: verify(db, print), VERIFY_TIMEOUT_S)
@@ -136,6 +157,17 @@ def _user_create(settings: Settings, args: argparse.Namespace) -> None:
     print(user.id)
 
 
+def _api_key_create(settings: Settings, args: argparse.Namespace) -> None:
+    if not 1 <= len(args.title) <= TITLE_MAX:
+        raise ValueError(f"--title must be 1 to {TITLE_MAX} characters")
+    migrate.upgrade(settings.database_url)
+    token = _with_db(
+        settings,
+        lambda db: api_keys.create_key_for_email(db, args.email, args.title, args.scopes),
+    )
+    print(token)
+
+
 def _user_delete(settings: Settings, email: str) -> None:
     user_id = _with_db(settings, lambda db: auth.delete_user(db, email))
     if user_id is None:
@@ -152,8 +184,6 @@ def _user_set_disabled(settings: Settings, email: str, disabled: bool) -> None:
 
 
 def _serve(settings: Settings, host: str, port: int, workers: int) -> None:
-    import uvicorn
-
     if not 1 <= workers <= 64:
         raise ValueError("--workers must be between 1 and 64")
     if not 0 < port < 65536:
@@ -167,6 +197,25 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> None:
     credentials = _with_db(settings, prepare)
     if credentials is not None:
         _announce_admin(*credentials)
+    # Before anything imports prometheus_client, so that it and every worker see it.
+    directory = metrics_dir.fresh()
+    # With one worker, uvicorn shuts down on SIGTERM and then raises the signal again once
+    # its own handler is gone; as an exception here, the directory is still removed, and the
+    # exit is 0 as with several workers.
+    signal.signal(signal.SIGTERM, _exit_after_shutdown)
+    try:
+        _run_uvicorn(settings, host, port, workers)
+    finally:
+        metrics_dir.remove(directory)
+
+
+def _exit_after_shutdown(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def _run_uvicorn(settings: Settings, host: str, port: int, workers: int) -> None:
+    import uvicorn
+
     uvicorn.run(
         "loyalty.app:create_app",
         factory=True,

@@ -17,7 +17,14 @@ LIST_ITEMS_MAX = 64
 HTTP_READ_TIMEOUT_SECONDS_MAX = 3600
 SCHEDULER_INTERVAL_SECONDS_MAX = 86400
 EXPIRE_AFTER_DAYS_MAX = 36500
+# The webhook retry schedule: the delays between attempts, in seconds (SPEC 8.2: over 24 h).
+WEBHOOK_RETRY_SCHEDULE_DEFAULT = (5, 30, 120, 600, 3600, 21600, 43200, 86400)
+WEBHOOK_RETRIES_MAX = 32
+WEBHOOK_RETRY_DELAY_S_MAX = 7 * 86400
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+METRICS_TOKEN_MIN = 16
+METRICS_TOKEN_MAX = 256
+_TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
 # A browser's Origin header: scheme, host and an optional port, nothing more.
 _ORIGIN = re.compile(
     r"https?://[a-z0-9.-]+(?::[0-9]{1,5})?|https?://\[[0-9a-f:.]+\](?::[0-9]{1,5})?"
@@ -57,6 +64,12 @@ class Settings:
     scheduler_interval_seconds: Decimal = Decimal(60)
     # Set: credits without an expires_at expire this many days after they are made.
     points_expire_after_days: Decimal | None = None
+    # Set: GET /metrics asks for it as a Bearer token; unset: /metrics is open, like /health.
+    metrics_token: str | None = field(default=None, repr=False)
+    # Seconds between a webhook delivery's attempts (each jittered ±20%); after the last, failed.
+    webhook_retry_schedule_s: tuple[Decimal, ...] = tuple(
+        Decimal(delay) for delay in WEBHOOK_RETRY_SCHEDULE_DEFAULT
+    )
 
     @property
     def points_expire_after_ms(self) -> int | None:
@@ -99,6 +112,8 @@ class Settings:
             points_expire_after_days=_positive_decimal(
                 env, "LOYALTY_POINTS_EXPIRE_AFTER_DAYS", EXPIRE_AFTER_DAYS_MAX
             ),
+            metrics_token=_metrics_token(env, "LOYALTY_METRICS_TOKEN"),
+            webhook_retry_schedule_s=_delays(env, "LOYALTY_WEBHOOK_RETRY_SCHEDULE"),
         )
 
 
@@ -127,6 +142,30 @@ def _positive_decimal(env: Mapping[str, str], name: str, high: int) -> Decimal |
     if not value.is_finite() or not 0 < value <= high:
         raise ConfigError(f"{name} must be a number above 0 and at most {high}, got {raw!r}")
     return value
+
+
+def _delays(env: Mapping[str, str], name: str) -> tuple[Decimal, ...]:
+    """Comma-separated seconds, each from 0 to a week (decimals allowed: 0.2), 1 to 32 of
+    them; unset: the default schedule."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return tuple(Decimal(delay) for delay in WEBHOOK_RETRY_SCHEDULE_DEFAULT)
+    items = [item.strip() for item in raw.split(",")]
+    if len(items) > WEBHOOK_RETRIES_MAX:
+        raise ConfigError(f"{name} may list at most {WEBHOOK_RETRIES_MAX} delays")
+    delays = []
+    for item in items:
+        try:
+            delay = Decimal(item)
+        except InvalidOperation:
+            delay = Decimal("NaN")
+        if not delay.is_finite() or not 0 <= delay <= WEBHOOK_RETRY_DELAY_S_MAX:
+            raise ConfigError(
+                f"{name} must list seconds from 0 to {WEBHOOK_RETRY_DELAY_S_MAX},"
+                f" separated by commas, got {item!r}"
+            )
+        delays.append(delay)
+    return tuple(delays)
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -178,3 +217,16 @@ def _log_level(env: Mapping[str, str], name: str) -> str:
     if level not in LOG_LEVELS:
         raise ConfigError(f"{name} must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
     return level
+
+
+def _metrics_token(env: Mapping[str, str], name: str) -> str | None:
+    token = env.get(name) or None
+    # Sent in a header: visible ASCII only, and long enough not to be guessed.
+    if token is not None and not (
+        METRICS_TOKEN_MIN <= len(token) <= METRICS_TOKEN_MAX and _TOKEN_CHARS.fullmatch(token)
+    ):
+        raise ConfigError(
+            f"{name} must be {METRICS_TOKEN_MIN} to {METRICS_TOKEN_MAX} visible ASCII"
+            " characters without spaces"
+        )
+    return token

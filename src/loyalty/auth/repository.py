@@ -55,6 +55,11 @@ async def find_user_by_email_key(conn: Connection, email_key: str) -> UserRow | 
     return None if row is None else UserRow._make(row)
 
 
+async def find_user(conn: Connection, user_id: str) -> UserRow | None:
+    row = await conn.fetchrow(f"SELECT {_USER_COLUMNS} FROM users WHERE id = $1", user_id)
+    return None if row is None else UserRow._make(row)
+
+
 async def find_user_scopes(conn: Connection, user_id: str) -> str | None:
     """The scopes of an active user; None for a user that is deleted or disabled."""
     value: str | None = await conn.fetchval(

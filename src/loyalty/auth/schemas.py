@@ -30,6 +30,10 @@ class TokenWithUser(Struct):
     user: UserBody
 
 
+class UserResponse(Struct):
+    user: UserBody
+
+
 class Token(Struct):
     token: str
 

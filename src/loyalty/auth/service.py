@@ -6,6 +6,7 @@ import secrets
 from contextlib import suppress
 from dataclasses import dataclass
 
+from loyalty.api_keys import repository as api_key_repository
 from loyalty.auth import rate_limit, repository
 from loyalty.auth.passwords import (
     PASSWORD_MAX,
@@ -85,14 +86,29 @@ async def create_user(
 
 
 async def delete_user(db: Database, email: str) -> str | None:
+    """Deletes the user with that email and revokes its API keys, in one transaction;
+    returns its id, None if there is none."""
     async with db.write() as conn:
-        return await repository.delete_user_by_email_key(conn, email_key(email))
+        user_id = await repository.delete_user_by_email_key(conn, email_key(email))
+        if user_id is not None:
+            await api_key_repository.revoke_keys_of(conn, user_id, now_ms())
+        return user_id
+
+
+async def get_user(db: Database, user_id: str) -> User:
+    """The user as the token route shows it; 401 if it was deleted or disabled meanwhile."""
+    async with db.read() as conn:
+        row = await repository.find_user(conn, user_id)
+    if row is None or row.disabled_at_ms is not None:
+        raise Unauthorized()
+    return User(row.id, row.email, row.first_name, row.last_name, parse_scopes(row.scopes))
 
 
 async def set_user_disabled(db: Database, email: str, disabled: bool) -> str | None:
     """Disables or enables the user with that email; returns its id, None if there is none.
 
-    A disabled user cannot log in, and its tokens are refused from the next request on.
+    A disabled user cannot log in, and its tokens and API keys are refused from the next
+    request on (the keys work again once it is enabled).
     """
     async with db.write() as conn:
         if disabled:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import time
 from functools import lru_cache
 
 import jwt
 
+from loyalty.api_keys.tokens import KEY_PREFIX
 from loyalty.errors import Unauthorized
 
 ALGORITHM = "HS256"
@@ -33,6 +36,53 @@ def bearer_token(authorization: str | None) -> str:
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized()
     return token.strip()
+
+
+BASIC_EMPTY = 'The Basic credentials are empty: send base64 of "sk_…:" or ":sk_…"'
+BASIC_NOT_BASE64 = "The Basic credentials are not valid base64 of UTF-8 text"
+BASIC_NO_COLON = 'The Basic credentials must be "sk_…:" or ":sk_…" (no colon found)'
+BASIC_BOTH = (
+    "The Basic credentials must carry the API key as the username or the password, not both"
+)
+BASIC_NOT_A_KEY = (
+    "Basic authentication takes a secret API key (sk_…); send a user's token as Bearer"
+)
+
+
+def read_credentials(authorization: str | None) -> str:
+    """The token of an Authorization header: a JWT or a secret key as `Bearer <token>`, or a
+    secret key as `Basic base64("sk_…:")` or `Basic base64(":sk_…")` (Medusa's forms); 401
+    otherwise, saying what is wrong with a Basic one."""
+    if (
+        authorization is not None
+        and authorization[:5].lower() == "basic"
+        and authorization[5:6] in ("", " ")
+    ):
+        return basic_key(authorization)
+    return bearer_token(authorization)
+
+
+def basic_key(authorization: str) -> str:
+    if len(authorization) > TOKEN_MAX:
+        raise Unauthorized()
+    encoded = authorization[6:].strip()
+    if not encoded:
+        raise Unauthorized(BASIC_EMPTY)
+    try:
+        decoded = base64.b64decode(encoded, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise Unauthorized(BASIC_NOT_BASE64) from None
+    if ":" not in decoded:
+        raise Unauthorized(BASIC_NO_COLON)
+    username, _, password = decoded.partition(":")
+    if username and password:
+        raise Unauthorized(BASIC_BOTH)
+    key = username or password
+    if not key:
+        raise Unauthorized(BASIC_EMPTY)
+    if not key.startswith(KEY_PREFIX):
+        raise Unauthorized(BASIC_NOT_A_KEY)
+    return key
 
 
 def verify_token(secret: str, token: str) -> tuple[str, frozenset[str]]:

@@ -14,6 +14,9 @@ class CustomerRow(NamedTuple):
     email: str
     first_name: str | None
     last_name: str | None
+    phone: str | None
+    company_name: str | None
+    metadata: str | None  # a JSON object
     created_at_ms: int
     updated_at_ms: int
 
@@ -27,30 +30,32 @@ _SEARCH = (
 )
 
 
-async def insert_customer(
-    conn: Connection,
-    customer_id: str,
-    email: str,
-    email_key: str,
-    first_name: str | None,
-    last_name: str | None,
-    now_ms: int,
-) -> None:
+class NewCustomerRow(NamedTuple):
+    """What a new customer is inserted with, checked."""
+
+    id: str
+    email: str
+    email_key: str
+    first_name: str | None
+    last_name: str | None
+    phone: str | None
+    company_name: str | None
+    metadata: str | None  # a JSON object
+
+
+async def insert_customer(conn: Connection, new: NewCustomerRow, now_ms: int) -> None:
     await conn.execute(
-        "INSERT INTO customers (id, email, email_key, first_name, last_name,"
-        " created_at_ms, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $6)",
-        customer_id,
-        email,
-        email_key,
-        first_name,
-        last_name,
+        "INSERT INTO customers (id, email, email_key, first_name, last_name, phone,"
+        " company_name, metadata, created_at_ms, updated_at_ms)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+        *new,
         now_ms,
     )
     # Every customer has a balance row from the start: adjustments lock it.
     await conn.execute(
         "INSERT INTO loyalty_balances (customer_id, balance_hundredths, last_seq)"
         " VALUES ($1, 0, 0)",
-        customer_id,
+        new.id,
     )
 
 

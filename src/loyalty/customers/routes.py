@@ -32,13 +32,15 @@ TAG = "Customers"
 def endpoints(ctx: AppContext) -> list[Endpoint]:
     async def create(request: Request, caller: Caller) -> Response:
         fields = parse_json_object(request, await read_body(request), CREATE_FIELDS)
-        values = {}
+        values: dict[str, object] = {}
         for name, raw in fields.items():
             try:
-                values[name] = decode_field(raw, object)
+                # metadata is checked from its raw JSON by the shared metadata rules.
+                values[name] = raw if name == "metadata" else decode_field(raw, object)
             except msgspec.ValidationError:
-                message = f"{name} is not valid"
-                raise InvalidData(message, [FieldError(name, message)]) from None
+                # A number beyond a double's range: left raw, which no rule accepts, so the
+                # field's own rule says what it must be.
+                values[name] = raw
         customer = await service.create_customer(ctx.db, service.NewCustomer(**values))
         return json_response(CustomerResponse(customer))
 

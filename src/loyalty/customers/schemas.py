@@ -10,14 +10,19 @@ from msgspec import Meta, Struct
 from loyalty.customers.repository import CustomerRow
 from loyalty.emails import EMAIL_MAX
 from loyalty.http.schemas import PageCount, PageLimit, PageOffset, PageQuery, Timestamp
+from loyalty.metadata import Metadata, StoredMetadata, stored_metadata
 from loyalty.timestamps import render
 
 CUSTOMER_ID_MAX = 64
 CUSTOMER_ID_PATTERN = f"^[A-Za-z0-9_-]{{1,{CUSTOMER_ID_MAX}}}$"
 NAME_MAX = 255
+PHONE_MAX = 32
+COMPANY_NAME_MAX = 255
 QUERY_MAX = 255
 
 Name = Annotated[str, Meta(max_length=NAME_MAX)]
+Phone = Annotated[str, Meta(max_length=PHONE_MAX)]
+CompanyName = Annotated[str, Meta(max_length=COMPANY_NAME_MAX)]
 
 
 class CustomerCreate(Struct, forbid_unknown_fields=True):
@@ -26,6 +31,9 @@ class CustomerCreate(Struct, forbid_unknown_fields=True):
     ]
     first_name: Name | None = None
     last_name: Name | None = None
+    phone: Phone | None = None
+    company_name: CompanyName | None = None
+    metadata: Metadata | None = None
     id: (
         Annotated[
             str,
@@ -53,6 +61,9 @@ class Customer(Struct):
     email: str
     first_name: str | None
     last_name: str | None
+    phone: str | None
+    company_name: str | None
+    metadata: StoredMetadata | None
     created_at: Timestamp
     updated_at: Timestamp
 
@@ -78,6 +89,9 @@ def customer(row: CustomerRow) -> Customer:
         row.email,
         row.first_name,
         row.last_name,
+        row.phone,
+        row.company_name,
+        stored_metadata(row.metadata),
         render(row.created_at_ms),
         render(row.updated_at_ms),
     )

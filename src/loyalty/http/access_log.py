@@ -1,4 +1,5 @@
-"""The access log: one JSON line per request, with its id, route, status and user.
+"""The access log: one JSON line per request, with its id, route, status and user; the same
+place counts each request in the metrics (metrics/instruments.py), by route template.
 
 RequestLog is a pure ASGI middleware (BaseHTTPMiddleware would put every request through an
 extra task and a memory stream). It wraps the whole application, error handling included, so
@@ -16,6 +17,7 @@ from collections.abc import Iterable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from loyalty.logs import current_request_id, emit
+from loyalty.metrics.instruments import observe_request
 
 ACCESS_LOGGER = "loyalty.access"
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -73,16 +75,19 @@ class RequestLog:
             await self.app(scope, receive, send_with_id)
         finally:
             current_request_id.reset(token)
+            duration_s = time.perf_counter() - started
+            # The matched route's template (None when no route matched): what the metrics
+            # count by, so their label values stay as few as the routes.
+            route = getattr(scope.get("route"), "path", None)
+            observe_request(scope["method"], route, status, duration_s)
             if _access.isEnabledFor(logging.INFO):
-                route = scope.get("route")
-                template = getattr(route, "path", None) or scope["path"][:PATH_LOGGED_MAX]
                 client = scope.get("client")
                 fields = {
                     "request_id": request_id,
                     "method": scope["method"],
-                    "route": template,
+                    "route": route or scope["path"][:PATH_LOGGED_MAX],
                     "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                    "duration_ms": round(duration_s * 1000, 3),
                     "user": scope.get(USER_SCOPE_KEY),
                     "client": client[0] if client else None,
                 }

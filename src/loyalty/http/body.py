@@ -59,14 +59,52 @@ def parse_json_object(
         raise InvalidData("Request body must be UTF-8") from None
     try:
         fields = _object_decoder.decode(body)
-    except (msgspec.DecodeError, RecursionError):
-        raise InvalidData("Request body must be a JSON object") from None
+    except msgspec.ValidationError as error:
+        raise InvalidData(f"Request body must be a JSON object, not {_kind(error)}") from None
+    except msgspec.DecodeError as error:
+        reason = _malformed(body, error)
+        raise InvalidData(f"Request body must be a JSON object; {reason}") from None
+    except RecursionError:
+        raise InvalidData("Request body must be a JSON object; it nests too deeply") from None
     if b"\\u0000" in body and _has_nul_escape(body):
         raise InvalidData("Strings must not contain NUL characters")
     if _has_duplicate_key(body, fields):
         raise InvalidData("Request body must not name a field twice")
     refuse_unknown_fields(fields, allowed)
     return fields
+
+
+# msgspec's words for a JSON value's type, in "Expected `object`, got `array`".
+_KINDS = {
+    "array": "an array",
+    "str": "a string",
+    "int": "a number",
+    "float": "a number",
+    "bool": "a boolean",
+    "null": "null",
+}
+_NOT_FINITE = (b"NaN", b"Infinity", b"-Infinity")
+
+
+def _kind(error: msgspec.ValidationError) -> str:
+    got = str(error).rpartition("got `")[2].rstrip("`")
+    return _KINDS.get(got, "another JSON value")
+
+
+def _malformed(body: bytes, error: msgspec.DecodeError) -> str:
+    """Why a body is not JSON, said precisely: where it breaks, and the usual cause there."""
+    text = str(error)
+    if not body.strip():
+        return "the body is empty"
+    if "truncated" in text:
+        return "the JSON text ends before it is complete"
+    byte = text.rpartition("(byte ")[2].rstrip(")")
+    if byte.isdigit():
+        at = int(byte)
+        if any(body.startswith(word, at) or body.startswith(word, at - 1) for word in _NOT_FINITE):
+            return f"NaN and Infinity are not JSON numbers (at byte {at})"
+        return f"the JSON text is malformed at byte {at}"
+    return "the JSON text is malformed"
 
 
 def refuse_unknown_fields(fields: dict[str, msgspec.Raw], allowed: frozenset[str]) -> None:

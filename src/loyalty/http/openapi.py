@@ -58,7 +58,18 @@ def document(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for endpoint in endpoints:
         paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = _operation(endpoint)
-    security = {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}
+    security = {
+        "bearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A user's JWT (from /admin/auth/token) or a secret API key (sk_…)",
+        },
+        "basic": {
+            "type": "http",
+            "scheme": "basic",
+            "description": 'A secret API key as the username or the password: "sk_…:" or ":sk_…"',
+        },
+    }
     return {
         "openapi": "3.1.0",
         "info": {
@@ -82,10 +93,11 @@ def _ref(kind: type) -> dict[str, str]:
 def _operation(endpoint: Endpoint) -> dict[str, Any]:
     operation = endpoint.operation
     scope = endpoint.handler.scope
-    summary = operation.summary if scope is None else f"{operation.summary} ({scope})"
+    # An empty scope: any authenticated caller.
+    summary = f"{operation.summary} ({scope})" if scope else operation.summary
     document: dict[str, Any] = {"summary": summary, "tags": [operation.tag]}
     if scope is not None:
-        document["security"] = [{"bearer": []}]
+        document["security"] = [{"bearer": []}, {"basic": []}]
     parameters = _parameters(operation)
     if parameters:
         document["parameters"] = parameters
@@ -161,10 +173,11 @@ def _errors(endpoint: Endpoint) -> dict[str, Any]:
     described = dict(_COMMON_ERRORS)
     if operation.uses_database:
         described[503] = "The database cannot be reached"
-    if endpoint.handler.scope is not None:
+    scope = endpoint.handler.scope
+    if scope is not None:
         # Every authenticated route also refuses unknown query parameters.
         described[400] = "Invalid input"
-        described.update(_SCOPED_ERRORS)
+        described.update(_SCOPED_ERRORS if scope else {401: _SCOPED_ERRORS[401]})
     if operation.body is not None or operation.query is not None or operation.path_params:
         described[400] = "Invalid input"
     if operation.body is not None:

@@ -22,8 +22,12 @@ T = TypeVar("T")
 def path_param(request: Request, name: str, length_max: int) -> str:
     """A path parameter, bounded and free of NUL (which PostgreSQL's text cannot hold)."""
     value: str = request.path_params[name]
-    if len(value) > length_max or "\x00" in value:
-        message = f"{name} must be at most {length_max} characters, without NUL"
+    message = None
+    if len(value) > length_max:
+        message = f"{name} must be at most {length_max} characters"
+    elif "\x00" in value:
+        message = f"{name} must not contain a NUL character"
+    if message is not None:
         raise InvalidData(message, [FieldError(name, message)])
     return value
 
@@ -38,8 +42,11 @@ def query_params(request: Request, query: type | None = None) -> dict[str, str]:
             raise InvalidData(f"Unrecognized query parameter: {key[:64]!r}")
         if key in params:
             raise InvalidData(f"Query parameter {key!r} must be given at most once")
-        if len(value) > QUERY_VALUE_MAX or "\x00" in value:
-            raise InvalidData(f"Query parameter {key!r} is too long or holds a NUL character")
+        if len(value) > QUERY_VALUE_MAX:
+            message = f"Query parameter {key!r} must be at most {QUERY_VALUE_MAX} characters"
+            raise InvalidData(message)
+        if "\x00" in value:
+            raise InvalidData(f"Query parameter {key!r} must not contain a NUL character")
         params[key] = value
     return params
 
@@ -72,15 +79,18 @@ def parse_page(params: Mapping[str, str]) -> tuple[int, int]:
     return limit, offset
 
 
-def parse_with(params: Mapping[str, str], name: str, parse: Callable[[str], T]) -> T | None:
-    """An optional parameter through `parse`, whose ValueError becomes a 400 naming it."""
+def parse_with(
+    params: Mapping[str, str], name: str, parse: Callable[[str], T], rule: str
+) -> T | None:
+    """An optional parameter through `parse`, whose ValueError becomes a 400 saying `rule`
+    ("must be …") of it."""
     value = params.get(name)
     if value is None:
         return None
     try:
         return parse(value)
     except ValueError:
-        message = f"{name} is not valid"
+        message = f"{name} {rule}"
         raise InvalidData(message, [FieldError(name, message)]) from None
 
 

@@ -27,6 +27,9 @@ from loyalty.errors import (
     NotAllowed,
     NotFound,
 )
+from loyalty.events import repository as events
+from loyalty.events.catalogue import BY_ADJUSTMENT_TYPE
+from loyalty.events.repository import NewEvent
 from loyalty.http.schemas import Error, FieldProblem
 from loyalty.idempotency import policy
 from loyalty.idempotency.policy import KeyedRequest, Replay
@@ -45,6 +48,7 @@ from loyalty.ledger.schemas import (
     PendingEnvelope,
     ReverseBody,
     ReverseResponse,
+    adjustment,
     pending,
     seed_adjustment,
 )
@@ -168,6 +172,10 @@ class Batch:
     taken_references: dict[tuple[str, str], str] = field(default_factory=dict)
     # Per command: the adjustment rows it recorded, for the replies (adjust and bulk).
     recorded: dict[int, list[AdjustmentRow | LoyaltyError]] = field(default_factory=dict)
+    # Pending points created or voided, each with how many adjustments came before it, so
+    # that their events fall in place among the adjustments'.
+    pending_changes: list[tuple[int, str, PendingRow]] = field(default_factory=list)
+    events_recorded: int = 0
 
     async def run(self, conn: Connection) -> list[Outcome]:
         self.conn = conn
@@ -183,6 +191,7 @@ class Batch:
             self.outcomes[i] = self._apply(i, self.commands[i])
         await self._write()
         await self._reply()
+        await self._record_events()
         self.finished = [outcome for outcome in self.outcomes if outcome is not None]
         return self.finished
 
@@ -428,6 +437,7 @@ class Batch:
             self.now,
         )
         self.new_pending.append(row)
+        self.pending_changes.append((len(self.rows), "pending.created", row))
         return Reply(_encoder.encode(PendingEnvelope(pending(row))))
 
     def _settle_pending(self, command: SettlePendingCommand) -> Outcome:
@@ -463,6 +473,8 @@ class Batch:
         status = "released" if command.release else "voided"
         settled = row._replace(status=status, adjustment_id=adjustment_id, updated_at_ms=self.now)
         self.settled[row.id] = settled
+        if not command.release:
+            self.pending_changes.append((len(self.rows), "pending.voided", settled))
         return Reply(_encoder.encode(PendingEnvelope(pending(settled))), recorded=recorded)
 
     def _expire(self, command: ExpireCommand) -> Outcome:
@@ -552,6 +564,41 @@ class Batch:
             if keyed is not None and isinstance(outcome, Reply) and not outcome.replayed:
                 kept.append((keyed, outcome.status, outcome.body))
         await policy.remember(self.conn, kept, self.now)
+
+    async def _record_events(self) -> None:
+        """Every change of the batch as an event, in the order the changes were made; the
+        last statement before COMMIT (see events/repository.py)."""
+        changes: list[NewEvent] = []
+        pending_changes = iter(self.pending_changes)
+        next_pending = next(pending_changes, None)
+        for index, row in enumerate([*self.rows, None]):
+            while next_pending is not None and next_pending[0] == index:
+                _, event_type, pending_row = next_pending
+                changes.append(
+                    _event(
+                        event_type,
+                        pending_row.id,
+                        pending_row.customer_id,
+                        pending(pending_row),
+                        pending_row.updated_at_ms,
+                    )
+                )
+                next_pending = next(pending_changes, None)
+            if row is not None:
+                event_type = BY_ADJUSTMENT_TYPE[row.type]
+                changes.append(
+                    _event(event_type, row.id, row.customer_id, adjustment(row), row.created_at_ms)
+                )
+        await events.record(self.conn, changes)
+        self.events_recorded = len(changes)
+
+
+def _event(
+    event_type: str, subject_id: str, customer_id: str, data: msgspec.Struct, at_ms: int
+) -> NewEvent:
+    return NewEvent(
+        new_id("evt", at_ms), event_type, subject_id, customer_id, at_ms, _encoder.encode(data)
+    )
 
 
 def _adjust_response(row: AdjustmentRow) -> AdjustResponse:

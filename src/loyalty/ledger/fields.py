@@ -1,6 +1,7 @@
-"""The rules of the ledger's optional fields (SPEC 7.1, 7.4): reference, metadata and the
-timestamps, checked from raw JSON values. Each parser appends its FieldError and returns None
-when the value is wrong."""
+"""The rules of the ledger's optional fields (SPEC 7.1, 7.4): reference, the timestamps and
+points, checked from raw JSON values (metadata's rules, shared with customers, are in
+loyalty.metadata). Each parser appends its FieldError and returns None when the value is
+wrong."""
 
 from __future__ import annotations
 
@@ -13,20 +14,22 @@ from loyalty import timestamps
 from loyalty.errors import FieldError
 from loyalty.http.body import decode_field
 from loyalty.ledger import points
-from loyalty.ledger.points import DELTA_MAX_HUNDREDTHS, HUNDREDTHS_PER_POINT, PointsError
+from loyalty.ledger.points import (
+    DELTA_MAX_HUNDREDTHS,
+    HUNDREDTHS_PER_POINT,
+    PointsError,
+    PointsTooLarge,
+)
 
 REFERENCE_MAX = 128
-METADATA_KEYS_MAX = 16
-METADATA_KEY_MAX = 40
-METADATA_VALUE_MAX = 500
 POINTS_MAX = DELTA_MAX_HUNDREDTHS // HUNDREDTHS_PER_POINT
 # Visible ASCII: no spaces, no control characters, nothing a log or a URL would mangle.
 _REFERENCE = re.compile(f"[\\x21-\\x7e]{{1,{REFERENCE_MAX}}}")
-_REFERENCE_RULE = f"reference must be 1 to {REFERENCE_MAX} visible ASCII characters, or null"
-_METADATA_RULE = (
-    f"metadata must be an object of at most {METADATA_KEYS_MAX} keys of 1 to"
-    f" {METADATA_KEY_MAX} characters whose values are strings of at most"
-    f" {METADATA_VALUE_MAX} characters, or null"
+_REFERENCE_CHARACTERS = (
+    "reference must be visible ASCII characters only: no spaces, no control or non-ASCII characters"
+)
+_REFERENCE_RULE = (
+    f"reference must be a string of 1 to {REFERENCE_MAX} visible ASCII characters, or null"
 )
 
 
@@ -39,24 +42,17 @@ def reference(raw: msgspec.Raw | None, errors: list[FieldError]) -> str | None:
         return None
     assert raw is not None
     value: str | None = _decoded(raw, str)
-    if value is None or not _REFERENCE.fullmatch(value):
-        errors.append(FieldError("reference", _REFERENCE_RULE))
-        return None
-    return value
-
-
-def metadata(raw: msgspec.Raw | None, errors: list[FieldError]) -> dict[str, str] | None:
-    if is_null(raw):
-        return None
-    assert raw is not None
-    value: dict[str, str] | None = _decoded(raw, dict[str, str])
-    if (
-        value is None
-        or len(value) > METADATA_KEYS_MAX
-        or any(not 1 <= len(key) <= METADATA_KEY_MAX for key in value)
-        or any(len(item) > METADATA_VALUE_MAX for item in value.values())
-    ):
-        errors.append(FieldError("metadata", _METADATA_RULE))
+    message = None
+    if value is None:
+        message = _REFERENCE_RULE
+    elif not value:
+        message = "reference must not be empty (send null for none)"
+    elif len(value) > REFERENCE_MAX:
+        message = f"reference must be at most {REFERENCE_MAX} characters"
+    elif not _REFERENCE.fullmatch(value):
+        message = _REFERENCE_CHARACTERS
+    if message is not None:
+        errors.append(FieldError("reference", message))
         return None
     return value
 
@@ -87,13 +83,21 @@ def positive_points(raw: msgspec.Raw | None, name: str, errors: list[FieldError]
     if raw is None:
         errors.append(FieldError(name, f"{name} is required"))
         return None
+    text = bytes(raw)
+    too_large = f"{name} must be at most {POINTS_MAX}; {text.decode()[:64]} is too large"
     try:
-        value = points.parse_json_number(bytes(raw))
+        value = points.parse_json_number(text)
+    except PointsTooLarge:
+        errors.append(FieldError(name, too_large))
+        return None
     except PointsError as error:
         errors.append(FieldError(name, f"{name} {error}"))
         return None
-    if not 0 < value <= DELTA_MAX_HUNDREDTHS:
-        errors.append(FieldError(name, f"{name} must be above 0 and at most {POINTS_MAX}"))
+    if value <= 0:
+        errors.append(FieldError(name, f"{name} must be above 0"))
+        return None
+    if value > DELTA_MAX_HUNDREDTHS:
+        errors.append(FieldError(name, too_large))
         return None
     return value
 

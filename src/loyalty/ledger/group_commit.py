@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from loyalty.errors import DatabaseUnavailable, InvariantViolation
+from loyalty.metrics import instruments as metrics
 
 BATCH_MAX = 64
 # A bulk of 1,000 weighs 1,000: a batch holds about two of them, or 64 small writes.
@@ -45,6 +46,7 @@ class GroupCommit(Generic[Item, Outcome]):
         queue_max: int = QUEUE_MAX,
         weigh: Callable[[Item], int] | None = None,
         weight_max: int = BATCH_WEIGHT_MAX,
+        name: str = "group-commit",
     ) -> None:
         self._process = process
         self._batch_max = batch_max
@@ -54,9 +56,12 @@ class GroupCommit(Generic[Item, Outcome]):
         # An item taken from the queue that did not fit in the last batch: the next one's first.
         self._carried: _Waiting[Item, Outcome] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._name = name
+        # Set once per batch, not per command: what waits beyond the batch being taken.
+        self._depth = metrics.queue_depth(name)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="group-commit")
+        self._task = asyncio.create_task(self._run(), name=f"group-commit-{self._name}")
 
     async def stop(self) -> None:
         """Finishes what is queued, then stops."""
@@ -92,6 +97,7 @@ class GroupCommit(Generic[Item, Outcome]):
                     self._carried = waiting
                     break
                 batch.append(waiting)
+            self._depth.set(self._queue.qsize())
             try:
                 outcomes = await self._process([waiting.item for waiting in batch])
                 if len(outcomes) != len(batch):

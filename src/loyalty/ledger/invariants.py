@@ -101,8 +101,35 @@ LEFT JOIN (SELECT customer_id, sum(points_hundredths) AS total FROM loyalty_pend
            WHERE status = 'pending' GROUP BY customer_id) t ON t.customer_id = b.customer_id
 WHERE b.pending_hundredths <> coalesce(t.total, 0)
 """,
+    # Adjustments made since the outbox began have one event each, of their type; every
+    # event names something that exists, and the feed's positions run 1..last.
+    "events": """
+SELECT a.customer_id FROM loyalty_adjustments a
+JOIN loyalty_event_sequence s ON s.id = 1 AND a.created_at_ms >= s.started_at_ms
+LEFT JOIN loyalty_events e ON e.subject_id = a.id
+GROUP BY a.id, a.customer_id, a.type
+HAVING count(e.position) <> 1
+    OR max(e.type) <> CASE a.type WHEN 'adjustment' THEN 'points.adjusted'
+                                  WHEN 'reversal' THEN 'points.reversed'
+                                  WHEN 'expiration' THEN 'points.expired'
+                                  ELSE 'points.released' END
+UNION ALL
+SELECT e.customer_id FROM loyalty_events e
+LEFT JOIN loyalty_adjustments a ON a.id = e.subject_id
+LEFT JOIN loyalty_pending p ON p.id = e.subject_id
+LEFT JOIN customers c ON c.id = e.subject_id
+WHERE (e.type LIKE 'points.%' AND a.id IS NULL)
+   OR (e.type LIKE 'pending.%' AND p.id IS NULL)
+   OR (e.type = 'customer.created' AND c.id IS NULL)
+UNION ALL
+SELECT 'the feed' FROM loyalty_event_sequence s
+WHERE s.last_position <> (SELECT count(*) FROM loyalty_events)
+   OR s.last_position <> (SELECT coalesce(max(position), 0) FROM loyalty_events)
+""",
 }
 FEATURE_CHECK_NAMES = {
+    "events": "each adjustment since events began has exactly one event of its type, each"
+    " event names what it is about, and the feed's positions run 1, 2, 3, ... without gaps",
     "types": "each adjustment's type matches its fields (reverses, pending_id, expirations)",
     "reversals": "each credit or debit is reversed at most by its own amount, and only once"
     " reversible",

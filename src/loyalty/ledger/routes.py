@@ -100,6 +100,7 @@ _ADJUST_ERRORS = {
     409: "The reference is already used for this customer, or the Idempotency-Key is in flight",
 }
 _NO_FIELDS: frozenset[str] = frozenset()
+_DATE_TIME = "must be an ISO 8601 date-time"
 
 
 def _path_customer_id(request: Request) -> str:
@@ -215,7 +216,7 @@ def endpoints(ctx: AppContext) -> list[Endpoint]:
     async def balance(request: Request, claim: TokenClaim) -> Response:
         params = query_params(request, BalanceQuery)
         customer_id = _path_customer_id(request)
-        as_of = parse_with(params, "as_of", timestamps.parse)
+        as_of = parse_with(params, "as_of", timestamps.parse, _DATE_TIME)
         if as_of is None:
             body = await ctx.ledger.balance(BalanceRead(claim, customer_id))
             return Response(body, media_type="application/json")
@@ -229,8 +230,8 @@ def endpoints(ctx: AppContext) -> list[Endpoint]:
         if order not in _ORDERS:
             message = "order must be created_at or -created_at"
             raise InvalidData(message, [FieldError("order", message)])
-        gte = parse_with(params, "created_at[gte]", timestamps.parse)
-        lte = parse_with(params, "created_at[lte]", timestamps.parse)
+        gte = parse_with(params, "created_at[gte]", timestamps.parse, _DATE_TIME)
+        lte = parse_with(params, "created_at[lte]", timestamps.parse, _DATE_TIME)
         query = repository.HistoryPage(
             _path_customer_id(request), _ORDERS[order], gte, lte, limit, offset
         )
@@ -265,8 +266,8 @@ def endpoints(ctx: AppContext) -> list[Endpoint]:
         params = query_params(request, LedgerQuery)
         limit = parse_int(params, "limit", 20, 1, 100)
         cursor = params.get("cursor")
-        gte = parse_with(params, "created_at[gte]", timestamps.parse)
-        lte = parse_with(params, "created_at[lte]", timestamps.parse)
+        gte = parse_with(params, "created_at[gte]", timestamps.parse, _DATE_TIME)
+        lte = parse_with(params, "created_at[lte]", timestamps.parse, _DATE_TIME)
         customer_id = params.get("customer_id")
         if customer_id is not None and not 1 <= len(customer_id) <= CUSTOMER_ID_MAX:
             message = f"customer_id must be 1 to {CUSTOMER_ID_MAX} characters"

@@ -21,15 +21,15 @@ from loyalty.http.schemas import (
     Timestamp,
 )
 from loyalty.ledger import fields, points
-from loyalty.ledger.fields import (
-    METADATA_KEY_MAX,
-    METADATA_KEYS_MAX,
-    METADATA_VALUE_MAX,
-    POINTS_MAX,
-    REFERENCE_MAX,
+from loyalty.ledger.fields import POINTS_MAX, REFERENCE_MAX
+from loyalty.ledger.points import (
+    DELTA_MAX_HUNDREDTHS,
+    HUNDREDTHS_PER_POINT,
+    PointsError,
+    PointsTooLarge,
 )
-from loyalty.ledger.points import DELTA_MAX_HUNDREDTHS, HUNDREDTHS_PER_POINT, PointsError
 from loyalty.ledger.repository import AdjustmentRow, BalanceRow, LotRow, PendingRow
+from loyalty.metadata import Metadata, StoredMetadata, parse_metadata, stored_metadata
 from loyalty.timestamps import now_ms, render, render_optional
 
 CUSTOMER_ID_MAX = 64
@@ -38,6 +38,7 @@ HISTORY_IN_ADJUST = 20
 BULK_MAX = 1000
 DELTA_MESSAGE = "delta must be a non-zero number"
 _DELTA_MAX_POINTS = DELTA_MAX_HUNDREDTHS // HUNDREDTHS_PER_POINT
+_DELTA_RANGE = f"delta must be at most {_DELTA_MAX_POINTS} in absolute value"
 
 CustomerId = Annotated[str, Meta(min_length=1, max_length=CUSTOMER_ID_MAX)]
 AdjustmentId = Annotated[str, Meta(pattern="^adj_[0-9A-HJKMNP-TV-Z]{26}$")]
@@ -61,23 +62,6 @@ Reference = Annotated[
         pattern=f"^[\\x21-\\x7e]{{1,{REFERENCE_MAX}}}$",
         description="The caller's own id for what earned or spent the points; unique per"
         " customer among adjustments and pending points, forever",
-    ),
-]
-Metadata = Annotated[
-    dict[
-        Annotated[str, Meta(min_length=1, max_length=METADATA_KEY_MAX)],
-        Annotated[str, Meta(max_length=METADATA_VALUE_MAX)],
-    ],
-    Meta(max_length=METADATA_KEYS_MAX),
-]
-# Metadata as stored (a JSON object's text), handed to msgspec as is.
-StoredMetadata = Annotated[
-    msgspec.Raw,
-    Meta(
-        extra_json_schema={
-            "type": ["object", "null"],
-            "additionalProperties": {"type": "string"},
-        }
     ),
 ]
 PositivePoints = Annotated[
@@ -355,15 +339,12 @@ def parse_adjust_body(raw: dict[str, msgspec.Raw]) -> AdjustBody:
     customer_id = _customer_id(raw, errors)
     reason = fields.optional_string(raw.get("reason"), "reason", REASON_MAX, errors)
     reference = fields.reference(raw.get("reference"), errors)
-    metadata = fields.metadata(raw.get("metadata"), errors)
+    metadata = parse_metadata(raw.get("metadata"), errors)
     expires_at = fields.timestamp(raw.get("expires_at"), "expires_at", errors, now_ms())
     if expires_at is not None and delta is not None and delta < 0:
         errors.append(FieldError("expires_at", "expires_at is only allowed with a positive delta"))
     if errors or customer_id is None or delta is None:
-        error = validation_error(errors)
-        if errors[0].field == "delta":
-            error.message = DELTA_MESSAGE
-        raise error
+        raise validation_error(errors)
     return AdjustBody(customer_id, delta, reason, reference, metadata, expires_at)
 
 
@@ -389,7 +370,7 @@ def parse_pending_body(raw: dict[str, msgspec.Raw]) -> PendingBody:
         release_at = fields.timestamp(raw.get("release_at"), "release_at", errors)
     reason = fields.optional_string(raw.get("reason"), "reason", REASON_MAX, errors)
     reference = fields.reference(raw.get("reference"), errors)
-    metadata = fields.metadata(raw.get("metadata"), errors)
+    metadata = parse_metadata(raw.get("metadata"), errors)
     expires_at = fields.timestamp(
         raw.get("expires_at"), "expires_at", errors, max(now_ms(), release_at or 0)
     )
@@ -419,11 +400,17 @@ def _string(raw: msgspec.Raw | None) -> str | None:
 
 
 def _delta(raw: msgspec.Raw | None, errors: list[FieldError]) -> int | None:
+    """The delta in hundredths; each way of being wrong has its own message, and only a zero
+    keeps the seed's exact DELTA_MESSAGE."""
     if raw is None:
         errors.append(FieldError("delta", "delta is required"))
         return None
+    text = bytes(raw)
     try:
-        hundredths = points.parse_json_number(bytes(raw))
+        hundredths = points.parse_json_number(text)
+    except PointsTooLarge as error:
+        errors.append(FieldError("delta", f"{_DELTA_RANGE}; {error}"))
+        return None
     except PointsError as error:
         errors.append(FieldError("delta", f"delta {error}"))
         return None
@@ -431,9 +418,7 @@ def _delta(raw: msgspec.Raw | None, errors: list[FieldError]) -> int | None:
         errors.append(FieldError("delta", DELTA_MESSAGE))
         return None
     if abs(hundredths) > DELTA_MAX_HUNDREDTHS:
-        errors.append(
-            FieldError("delta", f"delta must be at most {_DELTA_MAX_POINTS} in absolute value")
-        )
+        errors.append(FieldError("delta", f"{_DELTA_RANGE}; {text.decode()} is too large"))
         return None
     return hundredths
 
@@ -456,10 +441,6 @@ def seed_adjustment(row: AdjustmentRow) -> SeedAdjustment:
     return SeedAdjustment(*_seed_fields(row))
 
 
-def _metadata(text: str | None) -> msgspec.Raw | None:
-    return None if text is None else msgspec.Raw(text.encode())
-
-
 def _full_fields(row: AdjustmentRow) -> tuple[object, ...]:
     return (
         *_seed_fields(row),
@@ -467,7 +448,7 @@ def _full_fields(row: AdjustmentRow) -> tuple[object, ...]:
         row.customer_id,
         row.type,
         row.reference,
-        _metadata(row.metadata),
+        stored_metadata(row.metadata),
         render_optional(row.expires_at_ms),
         row.reverses,
         row.pending_id,
@@ -511,7 +492,7 @@ def pending(row: PendingRow) -> Pending:
         _points(row.points_hundredths),
         row.reason,
         row.reference,
-        _metadata(row.metadata),
+        stored_metadata(row.metadata),
         render_optional(row.expires_at_ms),
         render(row.release_at_ms),
         row.status,  # type: ignore[arg-type]

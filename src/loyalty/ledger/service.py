@@ -22,6 +22,7 @@ from loyalty.errors import (
     InvariantViolation,
     LoyaltyError,
 )
+from loyalty.events import notify
 from loyalty.ids import ID_PATTERN
 from loyalty.ledger import points, repository, schemas
 from loyalty.ledger.audit import log_adjustment
@@ -38,6 +39,7 @@ from loyalty.ledger.batch import (
 from loyalty.ledger.group_commit import GroupCommit
 from loyalty.ledger.repository import HistoryPage, LedgerQuery
 from loyalty.ledger.schemas import Adjustment
+from loyalty.metrics import instruments as metrics
 from loyalty.timestamps import render, render_optional
 
 # A batch that lost a race (a deadlock between workers, a key inserted meanwhile) is rerun.
@@ -64,11 +66,13 @@ class Ledger:
         self._db = db
         self._allow_negative = allow_negative_balance
         self._expire_after_ms = expire_after_ms
-        self._group: GroupCommit[Command, Outcome] = GroupCommit(self._run_batch, weigh=weight)
+        self._group: GroupCommit[Command, Outcome] = GroupCommit(
+            self._run_batch, weigh=weight, name="writes"
+        )
         # Balance reads batch the same way: one user query and one balance query for all the
         # reads waiting in the worker, instead of two round trips each.
         self._reads: GroupCommit[BalanceQuery, bytes | LoyaltyError] = GroupCommit(
-            self._read_balances
+            self._read_balances, name="reads"
         )
 
     def start(self) -> None:
@@ -121,7 +125,9 @@ class Ledger:
         for attempt in range(1, BATCH_ATTEMPTS_MAX + 1):
             batch = Batch(commands, self._allow_negative, self._expire_after_ms)
             try:
-                return await self._db.transact(batch.run)
+                outcomes = await self._db.transact(batch.run)
+                if batch.events_recorded:
+                    notify.changed()
             except (RetryableConflict, UniqueViolation):
                 if attempt == BATCH_ATTEMPTS_MAX:
                     raise
@@ -129,8 +135,13 @@ class Ledger:
                 # Lost during COMMIT, the batch may or may not be durable: look before saying.
                 first_id = batch.first_adjustment_id() if batch.finished is not None else None
                 if first_id is not None and await self._was_committed(first_id):
+                    metrics.batch_committed(len(commands), [row.type for row in batch.rows])
                     return batch.finished or []
                 raise
+            else:
+                # Counted once committed: a batch rolled back and rerun records nothing twice.
+                metrics.batch_committed(len(commands), [row.type for row in batch.rows])
+                return outcomes
         raise InvariantViolation("a batch ran out of attempts without an outcome")
 
     async def _was_committed(self, adjustment_id: str) -> bool:

@@ -6,6 +6,8 @@ Revises: 0004
 Create Date: 2026-11-30
 """
 
+import time
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -45,6 +47,8 @@ def upgrade() -> None:
         sa.Column("position", sa.BigInteger, primary_key=True, autoincrement=False),
         sa.Column("id", sa.Text, nullable=False, unique=True),
         sa.Column("type", sa.Text, nullable=False),
+        # The id of what changed: the adjustment, the pending points or the customer.
+        sa.Column("subject_id", sa.Text, nullable=False),
         sa.Column("customer_id", sa.Text),
         sa.Column("created_at_ms", sa.BigInteger, nullable=False),
         sa.Column("data", sa.Text, nullable=False),  # the JSON object of the change
@@ -53,8 +57,13 @@ def upgrade() -> None:
         "loyalty_event_sequence",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
         sa.Column("last_position", sa.BigInteger, nullable=False),
+        # When the outbox began: changes made before it have no events (verify knows).
+        sa.Column("started_at_ms", sa.BigInteger, nullable=False),
     )
-    op.execute("INSERT INTO loyalty_event_sequence (id, last_position) VALUES (1, 0)")
+    op.execute(
+        "INSERT INTO loyalty_event_sequence (id, last_position, started_at_ms)"
+        f" VALUES (1, 0, {time.time_ns() // 1_000_000})"
+    )
     # Who reads the outbox in the background (the NATS publisher, the webhook dispatcher):
     # how far each has got, and which worker holds its lease now.
     op.create_table(

@@ -1,0 +1,1 @@
+"""Secret API keys (SPEC 8.1): `sk_…` tokens a store backend sends instead of a user's JWT."""
