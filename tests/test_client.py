@@ -19,6 +19,7 @@ import pytest
 
 from loyalty_client import (
     Conflict,
+    Forbidden,
     InvalidData,
     LoyaltyClient,
     NotFound,
@@ -230,3 +231,14 @@ def test_login_pages_and_reversal(backend: Backend) -> None:
         assert reversal["reverses"] == made[0]
         assert client.get_adjustment(made[0])["reversed_points"] == Decimal(1)
         assert client.balance(customer_id)["balance"] == Decimal(14)
+
+
+def test_a_secret_key_authenticates(backend: Backend, client: LoyaltyClient) -> None:
+    key = client.create_api_key("client test", ["loyalty:read"])
+    assert key["token"].startswith("sk_")
+    with LoyaltyClient(backend.server.base_url, api_key=key["token"]) as keyed:
+        customer_id = new_customer_id(client)
+        assert keyed.balance(customer_id)["balance"] == 0
+        with pytest.raises(Forbidden) as forbidden:
+            keyed.adjust(customer_id, 1)
+    assert "loyalty:write" in forbidden.value.message

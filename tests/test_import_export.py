@@ -323,3 +323,35 @@ def test_an_export_since_a_time_holds_only_what_came_after(
         "metadata", "expires_at", "reverses", "pending_id", "created_by", "created_at", "hash",
     }  # fmt: skip
     assert item["delta"] == 2 and item["balance_after"] == 3
+
+
+def test_an_import_with_a_secret_key_records_the_key_as_their_creator(
+    backend: Backend, api: httpx.Client, tmp_path: Path
+) -> None:
+    customer_id = new_customer(api)["id"]
+    key = api.post("/admin/api-keys", json={"title": "importer"}).json()["api_key"]
+    path = write(tmp_path, "keyed.csv", HEADER + f"{customer_id},4.5,by key,,,\n")
+    result = run_cli(
+        backend.database_url,
+        "import",
+        str(path),
+        "--url",
+        backend.server.base_url,
+        env={"LOYALTY_API_KEY": key["token"]},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    history = api.get(f"/admin/loyalty/points/{customer_id}/history").json()
+    assert [item["created_by"] for item in history["adjustments"]] == [key["id"]]
+    revoked = api.post(f"/admin/api-keys/{key['id']}/revoke")
+    assert revoked.status_code == 200, revoked.text
+    refused = run_cli(
+        backend.database_url,
+        "import",
+        str(path),
+        "--url",
+        backend.server.base_url,
+        "--api-key",
+        key["token"],
+    )
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "revoked" in refused.stderr

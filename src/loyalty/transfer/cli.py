@@ -80,7 +80,9 @@ def run_import(settings: Settings, args: argparse.Namespace) -> int:
         if isinstance(error, rows.FileRejected):
             raise
         if isinstance(error, _stopping_errors()):
-            raise CommandError(f"{_said(error)}; rerun the import to continue") from None
+            done = importer.summary.applied + importer.summary.skipped
+            resume = "; a rerun skips the rows already applied" if done else ""
+            raise CommandError(f"{_said(error)}{resume}") from None
         raise
     finally:
         target.close()
