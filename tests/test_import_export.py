@@ -7,9 +7,12 @@ adjustment, oldest first, whose deltas add up to each balance."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import os
+import pty
 import random
 import re
 import subprocess
@@ -21,7 +24,16 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import ADMIN_EMAIL, Backend, decoded, new_customer, run_cli, user_create
+from tests.support import (
+    ADMIN_EMAIL,
+    LOYALTY,
+    Backend,
+    decoded,
+    new_customer,
+    run_cli,
+    service_env,
+    user_create,
+)
 
 MODES = ["url", "direct"]
 SUMMARY = re.compile(
@@ -355,3 +367,30 @@ def test_an_import_with_a_secret_key_records_the_key_as_their_creator(
     )
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
     assert "revoked" in refused.stderr
+
+
+def test_a_progress_bar_is_drawn_on_a_terminal_only(
+    backend: Backend, api: httpx.Client, tmp_path: Path
+) -> None:
+    customer_id = new_customer(api)["id"]
+    path = write(tmp_path, "bar.csv", HEADER + f"{customer_id},1,a,,,\n{customer_id},2,b,,,\n")
+    piped = import_file(backend, path, "direct")
+    assert piped.returncode == 0 and piped.stderr == "", piped.stderr
+    leader, follower = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [*LOYALTY, "import", str(path), "--as", ADMIN_EMAIL, "--dry-run"],
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            env=service_env(backend.database_url),
+        )
+        os.close(follower)
+        stdout, _ = process.communicate(timeout=120)
+        drawn = b""
+        with contextlib.suppress(OSError):  # the terminal closes with the process
+            while chunk := os.read(leader, 4096):
+                drawn += chunk
+    finally:
+        os.close(leader)
+    assert process.returncode == 0, stdout
+    assert b"[" in drawn and b"2/" in drawn and b"rows/s" in drawn, drawn
