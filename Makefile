@@ -6,9 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test fuzz lint format bench bench-quick clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	# The Python client (its own package, httpx only): `loyalty import --url` and the tests use it.
+	$(BIN)/pip install --quiet -e clients/python
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
@@ -26,14 +28,14 @@ fuzz: $(STAMP)
 	LOYALTY_FUZZ_EXAMPLES=1000 $(BIN)/pytest -q -s tests/test_fuzz.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench clients
+	$(BIN)/ruff format --check src tests bench clients
 	$(BIN)/mypy
 	cd bench && ../$(BIN)/mypy --strict --explicit-package-bases .
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests bench
-	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench clients
+	$(BIN)/ruff check --fix src tests bench clients
 
 ## bench: set up and measure the service against its raw limit on both databases (bench/README.md)
 bench: $(STAMP)

@@ -24,6 +24,7 @@ from loyalty.config import ConfigError, Settings
 from loyalty.db import Database, open_database
 from loyalty.errors import LoyaltyError
 from loyalty.ledger.verify import verify
+from loyalty.transfer import cli as transfer_cli
 
 T = TypeVar("T")
 
@@ -94,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
         "relay",
         help="hand committed events to webhooks and NATS (serve runs one; this runs one alone)",
     )
+    transfer_cli.add_commands(commands)
     return parser
 
 
@@ -121,7 +123,11 @@ def main(argv: list[str] | None = None) -> None:
             migrate.upgrade(settings.database_url)
             ok = _with_db(settings, lambda db: verify(db, print), VERIFY_TIMEOUT_S)
             sys.exit(0 if ok else 1)
-    except (ConfigError, ValueError) as error:
+        elif args.command == "import":
+            sys.exit(transfer_cli.run_import(settings, args))
+        elif args.command == "export":
+            transfer_cli.run_export(settings, args)
+    except (ConfigError, ValueError, *transfer_cli.ERRORS) as error:
         _fail(str(error))
     except LoyaltyError as error:
         _fail(error.message)

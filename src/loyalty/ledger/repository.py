@@ -481,3 +481,22 @@ def _history_filter(query: HistoryPage) -> tuple[str, list[object]]:
         args.append(query.created_lte_ms)
         clauses.append(f"created_at_ms <= ${len(args)}")
     return " AND ".join(clauses), args
+
+
+async def adjustments_from(
+    conn: Connection, after_id: str | None, min_id: str | None, limit: int
+) -> list[AdjustmentRow]:
+    """Oldest first by id (an id starts with its created_at): the next `limit` adjustments
+    after `after_id`, or from `min_id` on. One index range of the primary key per page, so
+    an export walks any ledger in constant memory."""
+    if after_id is not None:
+        where, bound = "id > $1", after_id
+    else:
+        where, bound = "id >= $1", min_id or ""
+    return await _rows(
+        conn,
+        AdjustmentRow._make,
+        f"SELECT {_ADJUSTMENT_COLUMNS} FROM loyalty_adjustments WHERE {where} ORDER BY id LIMIT $2",
+        bound,
+        limit,
+    )

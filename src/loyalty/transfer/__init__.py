@@ -1,0 +1,1 @@
+"""`loyalty import` and `loyalty export`: moving adjustments in and out in bulk."""
