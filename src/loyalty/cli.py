@@ -1,5 +1,5 @@
 """The `loyalty` command: serve, db migrate, user create / delete / disable / enable,
-api-key create, verify.
+api-key create, verify, import, export, relay.
 
 Thin: each subcommand reads the settings, opens the database and calls the same services
 the HTTP routes use.
