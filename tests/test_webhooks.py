@@ -545,12 +545,17 @@ def test_the_retry_schedule_setting() -> None:
 # --- the sender's HTTP, against receivers that answer in each way HTTP/1.x allows -----------
 
 
-async def _serve_answers(answers: list[bytes]) -> tuple[asyncio.Server, list[bytes]]:
+async def _serve_answers(
+    answers: list[bytes], connections: list[int] | None = None
+) -> tuple[asyncio.Server, list[bytes]]:
     """A server that reads each request whole and writes the next of `answers` (closing the
-    connection after an answer that ends in b"<close>"); returns it and the requests."""
+    connection after an answer that ends in b"<close>"); returns it and the requests. Each
+    connection it accepts appends to `connections`."""
     requests: list[bytes] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if connections is not None:
+            connections.append(len(requests))
         try:
             while answers:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -571,32 +576,45 @@ async def _serve_answers(answers: list[bytes]) -> tuple[asyncio.Server, list[byt
 
 
 @pytest.mark.parametrize(
-    ("answers", "statuses"),
+    ("answers", "statuses", "connections"),
     [
-        ([b"HTTP/1.1 204 No Content\r\n\r\n"] * 3, [204, 204, 204]),
+        ([b"HTTP/1.1 204 No Content\r\n\r\n"] * 3, [204, 204, 204], 1),
         (
             [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"] * 2,
             [200, 200],
+            1,
         ),
         (
             [b"HTTP/1.1 500 Oops\r\ncontent-length: 4\r\n\r\nboom", b"HTTP/1.1 200 OK\r\n\r\n"],
             [500, 200],
+            1,
         ),
-        ([b"HTTP/1.0 202 Accepted\r\n\r\nbody<close>", b"HTTP/1.1 200 OK\r\n\r\n"], [202, 200]),
+        (
+            [b"HTTP/1.0 202 Accepted\r\n\r\nbody<close>", b"HTTP/1.1 200 OK\r\n\r\n"],
+            [202, 200],
+            2,
+        ),
         (
             [b"HTTP/1.1 410 Gone\r\nconnection: close\r\n\r\n<close>", b"HTTP/1.1 200 OK\r\n\r\n"],
             [410, 200],
+            2,
         ),
     ],
     ids=["no-body", "chunked", "length", "http1.0-close", "connection-close"],
 )
-def test_the_sender_reads_each_kind_of_answer(answers: list[bytes], statuses: list[int]) -> None:
+def test_the_sender_reads_each_kind_of_answer(
+    answers: list[bytes], statuses: list[int], connections: int
+) -> None:
     """Statuses come back whatever the answer's framing, also for the request after the
-    receiver closed the connection; every request carries its headers and its length."""
+    receiver closed the connection; every request carries its headers and its length; a
+    connection is kept for the next request whenever the answer's end is known (a 204 has
+    no body), and only then."""
     from loyalty.webhooks.sender import Sender
 
+    accepted: list[int] = []
+
     async def main() -> tuple[list[int], list[bytes]]:
-        server, requests = await _serve_answers(list(answers))
+        server, requests = await _serve_answers(list(answers), accepted)
         port = server.sockets[0].getsockname()[1]
         sender = Sender("test")
         try:
@@ -615,6 +633,7 @@ def test_the_sender_reads_each_kind_of_answer(answers: list[bytes], statuses: li
 
     got, requests = asyncio.run(main())
     assert got == statuses
+    assert len(accepted) == connections, accepted
     for request in requests:
         assert request.startswith(b"POST /in?x=1 HTTP/1.1\r\n")
         assert b"webhook-id: evt_1\r\n" in request

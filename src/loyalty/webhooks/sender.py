@@ -163,6 +163,8 @@ def _parse_head(head: bytes) -> tuple[int, bool, int | None, bool]:
             keep = "close" not in value if keep else "keep-alive" in value
     if status < 200:
         keep = False  # 1xx before the real answer: not worth handling, and rare for a POST
+    elif status in (204, 304):
+        length, chunked = 0, False  # never a body, whatever the headers say (RFC 9112 6.3)
     return status, keep, length, chunked
 
 
