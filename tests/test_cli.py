@@ -325,7 +325,7 @@ def test_verify_finds_an_adjustment_beyond_the_balance_row(ledger: Ledger) -> No
     sql(
         ledger.url,
         "INSERT INTO loyalty_events (position, id, type, subject_id, customer_id,"
-        " created_at_ms, data) VALUES ($1, $2, 'points.adjusted', $3, $4, $5, '{}')",
+        " created_at_ms, data) VALUES ($1, $2, 'points.adjusted', $3, $4, $5, NULL)",
         last + 1,
         f"evt_{ULID.from_timestamp(appended_at / 1000)}",
         appended_id,

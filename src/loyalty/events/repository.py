@@ -11,9 +11,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from loyalty.db import Connection
+import msgspec
+
+from loyalty.db import Connection, Record
+from loyalty.ledger.repository import AdjustmentRow
+from loyalty.ledger.schemas import adjustment
 
 _COLUMNS = "position, id, type, subject_id, customer_id, created_at_ms, data"
+_encoder = msgspec.json.Encoder()
 
 
 class NewEvent(NamedTuple):
@@ -22,7 +27,9 @@ class NewEvent(NamedTuple):
     subject_id: str  # the id of what changed
     customer_id: str | None
     created_at_ms: int
-    data: bytes  # the JSON object of the change
+    # The JSON object of the change; None for an adjustment's event, whose data is the
+    # adjustment's own row (it never changes): half the bytes each adjustment writes.
+    data: bytes | None
 
 
 class EventRow(NamedTuple):
@@ -55,32 +62,48 @@ async def record(conn: Connection, events: Sequence[NewEvent]) -> None:
                 event.subject_id,
                 event.customer_id,
                 event.created_at_ms,
-                event.data.decode(),
+                None if event.data is None else event.data.decode(),
             )
             for i, event in enumerate(events)
         ],
     )
 
 
+# An event with its data: its own, or else the adjustment it is about, read beside it.
+EVENT_COLUMNS = ", ".join(
+    [*(f"e.{name}" for name in _COLUMNS.split(", ")), *(f"a.{f}" for f in AdjustmentRow._fields)]
+)
+EVENT_ADJUSTMENT_JOIN = "LEFT JOIN loyalty_adjustments a ON e.data IS NULL AND a.id = e.subject_id"
+_EVENT_FIELDS = len(_COLUMNS.split(", "))
+
+
+def event_row(record: Record) -> EventRow:
+    """An EventRow from a record of EVENT_COLUMNS."""
+    data = record[6]
+    if data is None:
+        row = AdjustmentRow._make(record[_EVENT_FIELDS:])
+        data = _encoder.encode(adjustment(row)).decode()
+    position, event_id, event_type, subject_id, customer_id, created_at_ms = record[:6]
+    return EventRow(position, event_id, event_type, subject_id, customer_id, created_at_ms, data)
+
+
 async def events_after(
     conn: Connection, position: int, limit: int, types: Sequence[str] | None = None
 ) -> list[EventRow]:
     """Up to `limit` events after `position`, in commit order (of `types` only, if given)."""
+    select = f"SELECT {EVENT_COLUMNS} FROM loyalty_events e {EVENT_ADJUSTMENT_JOIN}"
     if types is None:
         rows = await conn.fetch(
-            f"SELECT {_COLUMNS} FROM loyalty_events WHERE position > $1 ORDER BY position LIMIT $2",
-            position,
-            limit,
+            f"{select} WHERE e.position > $1 ORDER BY e.position LIMIT $2", position, limit
         )
     else:
         rows = await conn.fetch(
-            f"SELECT {_COLUMNS} FROM loyalty_events WHERE position > $1 AND type = ANY($3)"
-            " ORDER BY position LIMIT $2",
+            f"{select} WHERE e.position > $1 AND e.type = ANY($3) ORDER BY e.position LIMIT $2",
             position,
             limit,
             list(types),
         )
-    return [EventRow._make(row) for row in rows]
+    return [event_row(row) for row in rows]
 
 
 async def position_of(conn: Connection, event_id: str) -> int | None:

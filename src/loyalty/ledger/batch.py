@@ -48,7 +48,6 @@ from loyalty.ledger.schemas import (
     PendingEnvelope,
     ReverseBody,
     ReverseResponse,
-    adjustment,
     pending,
     seed_adjustment,
 )
@@ -586,7 +585,14 @@ class Batch:
             if row is not None:
                 event_type = BY_ADJUSTMENT_TYPE[row.type]
                 changes.append(
-                    _event(event_type, row.id, row.customer_id, adjustment(row), row.created_at_ms)
+                    NewEvent(
+                        new_id("evt", row.created_at_ms),
+                        event_type,
+                        row.id,
+                        row.customer_id,
+                        row.created_at_ms,
+                        None,  # the adjustment's row is the event's data
+                    )
                 )
         await events.record(self.conn, changes)
 

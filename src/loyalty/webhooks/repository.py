@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from loyalty.db import Connection
+from loyalty.events import repository as events
 from loyalty.events.repository import EventRow
 
 
@@ -62,7 +63,6 @@ class DueDelivery(NamedTuple):
 
 _WEBHOOK_COLUMNS = ", ".join(WebhookRow._fields)
 _DELIVERY_COLUMNS = ", ".join(DeliveryRow._fields)
-_EVENT_COLUMNS = ", ".join(f"e.{name}" for name in EventRow._fields)
 
 
 def _webhook(row: Sequence[object]) -> WebhookRow:
@@ -192,14 +192,16 @@ async def claim(
     if not claimed:
         return []
     rows = await conn.fetch(
-        f"SELECT d.id, d.attempt, w.url, w.secret, {_EVENT_COLUMNS} FROM webhook_deliveries d"
+        f"SELECT d.id, d.attempt, w.url, w.secret, {events.EVENT_COLUMNS}"
+        " FROM webhook_deliveries d"
         " JOIN webhooks w ON w.id = d.webhook_id"
         " JOIN loyalty_events e ON e.position = d.event_position"
+        f" {events.EVENT_ADJUSTMENT_JOIN}"
         " WHERE d.id = ANY($1) ORDER BY d.next_attempt_at_ms",
         [str(row[0]) for row in claimed],
     )
     return [
-        DueDelivery(row[0], int(row[1]), row[2], row[3], EventRow._make(row[4:])) for row in rows
+        DueDelivery(row[0], int(row[1]), row[2], row[3], events.event_row(row[4:])) for row in rows
     ]
 
 

@@ -51,7 +51,9 @@ def upgrade() -> None:
         sa.Column("subject_id", sa.Text, nullable=False),
         sa.Column("customer_id", sa.Text),
         sa.Column("created_at_ms", sa.BigInteger, nullable=False),
-        sa.Column("data", sa.Text, nullable=False),  # the JSON object of the change
+        # The JSON object of the change; NULL for an adjustment's event, whose data is the
+        # adjustment's row (append-only), read beside it.
+        sa.Column("data", sa.Text),
     )
     op.create_table(
         "loyalty_event_sequence",
