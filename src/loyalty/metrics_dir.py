@@ -35,7 +35,7 @@ def _remove_abandoned() -> None:
     the process that made it (its pid is in the name) is gone."""
     for path in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*-*"):
         pid = path.name.removeprefix(_PREFIX).split("-", 1)[0]
-        if not pid.isdigit() or _alive(int(pid)):
+        if not pid.isdigit() or alive(int(pid)):
             continue
         try:
             mine = path.is_dir() and path.stat().st_uid == os.getuid()
@@ -45,7 +45,8 @@ def _remove_abandoned() -> None:
             remove(str(path))
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether a process `pid` is running (one of another user's counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 EventType = Literal[
     "points.adjusted",
@@ -14,15 +14,7 @@ EventType = Literal[
     "customer.created",
 ]
 
-EVENT_TYPES: tuple[str, ...] = (
-    "points.adjusted",
-    "points.reversed",
-    "points.expired",
-    "points.released",
-    "pending.created",
-    "pending.voided",
-    "customer.created",
-)
+EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 
 # The event an adjustment of each type makes.
 BY_ADJUSTMENT_TYPE = {

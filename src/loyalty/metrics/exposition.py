@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from loyalty import metrics_dir
 from loyalty.db import Database
 from loyalty.errors import DatabaseUnavailable
 from loyalty.events.repository import backlog
@@ -76,18 +77,8 @@ def forget_dead_workers() -> None:
         if digits.isdigit():
             pids.add(int(digits))
     for pid in pids:
-        if not _alive(pid):
+        if not metrics_dir.alive(pid):
             multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def worker_started() -> None:
