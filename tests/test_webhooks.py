@@ -14,7 +14,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import os
 import re
+import signal
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -33,6 +36,7 @@ from tests.support import (
     REPLAYED_HEADER,
     TIMESTAMP,
     Backend,
+    Server,
     adjust_with,
     assert_error,
     eventually,
@@ -656,3 +660,36 @@ def test_the_sender_refuses_what_is_not_http() -> None:
             server.close()
 
     asyncio.run(main())
+
+
+# --- the relay -------------------------------------------------------------------------------
+
+
+def relay_pid(server: Server) -> int | None:
+    """The pid of the server's relay process (`loyalty relay`), if one is running."""
+    found = subprocess.run(
+        ["pgrep", "-P", str(server.process.pid), "-f", "loyalty relay"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    pids = found.stdout.split()
+    return int(pids[0]) if len(pids) == 1 else None
+
+
+def test_a_relay_that_dies_is_started_again_and_delivers(
+    hooked: Backend, api: httpx.Client, endpoint: EndpointFactory
+) -> None:
+    """Delivery runs in a process of its own beside the workers; killed, the server starts
+    another, which takes the lease over and delivers what is committed meanwhile."""
+    first = eventually(lambda: relay_pid(hooked.server), WAIT_S, "the server's relay")
+    os.kill(first, signal.SIGKILL)
+    eventually(
+        lambda: True if relay_pid(hooked.server) not in (None, first) else None,
+        WAIT_S,
+        "a new relay",
+    )
+    with endpoint() as (_, receiver):
+        customer = new_customer(api)
+        credit = adjust_with(api, customer["id"], 5)
+        arrival(receiver, "points.adjusted", credit["id"])

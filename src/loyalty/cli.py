@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -31,6 +33,7 @@ T = TypeVar("T")
 # A whole-ledger check reads every adjustment: minutes for tens of millions of rows.
 VERIFY_TIMEOUT_S = 3600.0
 RELAY_STOP_S = 10.0
+RELAY_CHECK_S = 1.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -214,22 +217,47 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> None:
     signal.signal(signal.SIGTERM, _exit_after_shutdown)
     # Webhooks and NATS are fed by a process beside the workers (relay.py); it inherits the
     # metrics directory, and it is in the server's process group.
-    relay_process = subprocess.Popen([sys.executable, "-m", "loyalty", "relay"])
+    relay_process = _Relay()
     try:
         _run_uvicorn(settings, host, port, workers)
     finally:
-        _stop(relay_process)
+        relay_process.stop()
         metrics_dir.remove(directory)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then time to store positions and give leases up, then SIGKILL."""
-    process.terminate()
-    try:
-        process.wait(RELAY_STOP_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+class _Relay:
+    """This server's relay process, started again should it ever stop on its own."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._process = self._spawn()
+        threading.Thread(target=self._watch, name="relay-watch", daemon=True).start()
+
+    @staticmethod
+    def _spawn() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "loyalty", "relay"])
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(RELAY_CHECK_S):
+            with self._lock:
+                if self._stopping.is_set() or self._process.poll() is None:
+                    continue
+                logging.getLogger("loyalty").warning(
+                    "the relay stopped (exit %s); starting another", self._process.returncode
+                )
+                self._process = self._spawn()
+
+    def stop(self) -> None:
+        """SIGTERM, then time to store positions and give leases up, then SIGKILL."""
+        with self._lock:
+            self._stopping.set()
+            self._process.terminate()
+            try:
+                self._process.wait(RELAY_STOP_S)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
 
 
 def _exit_after_shutdown(signum: int, frame: object) -> None:
