@@ -17,7 +17,6 @@ from loyalty.db import Connection, Record
 from loyalty.ledger.repository import AdjustmentRow
 from loyalty.ledger.schemas import adjustment
 
-_COLUMNS = "position, id, type, subject_id, customer_id, created_at_ms, data"
 _encoder = msgspec.json.Encoder()
 
 
@@ -42,6 +41,10 @@ class EventRow(NamedTuple):
     data: str
 
 
+_COLUMNS = ", ".join(EventRow._fields)
+_VALUES = ", ".join(f"${n}" for n in range(1, len(EventRow._fields) + 1))
+
+
 async def record(conn: Connection, events: Sequence[NewEvent]) -> None:
     """Writes `events` in this order; call it last, just before the transaction commits."""
     if not events:
@@ -53,7 +56,7 @@ async def record(conn: Connection, events: Sequence[NewEvent]) -> None:
     )
     first = int(last) - len(events) + 1
     await conn.executemany(
-        f"INSERT INTO loyalty_events ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        f"INSERT INTO loyalty_events ({_COLUMNS}) VALUES ({_VALUES})",
         [
             (
                 first + i,
@@ -71,20 +74,19 @@ async def record(conn: Connection, events: Sequence[NewEvent]) -> None:
 
 # An event with its data: its own, or else the adjustment it is about, read beside it.
 EVENT_COLUMNS = ", ".join(
-    [*(f"e.{name}" for name in _COLUMNS.split(", ")), *(f"a.{f}" for f in AdjustmentRow._fields)]
+    [*(f"e.{name}" for name in EventRow._fields), *(f"a.{f}" for f in AdjustmentRow._fields)]
 )
 EVENT_ADJUSTMENT_JOIN = "LEFT JOIN loyalty_adjustments a ON e.data IS NULL AND a.id = e.subject_id"
-_EVENT_FIELDS = len(_COLUMNS.split(", "))
+_EVENT_FIELDS = len(EventRow._fields)
 
 
 def event_row(record: Record) -> EventRow:
     """An EventRow from a record of EVENT_COLUMNS."""
-    data = record[6]
-    if data is None:
-        row = AdjustmentRow._make(record[_EVENT_FIELDS:])
-        data = _encoder.encode(adjustment(row)).decode()
-    position, event_id, event_type, subject_id, customer_id, created_at_ms = record[:6]
-    return EventRow(position, event_id, event_type, subject_id, customer_id, created_at_ms, data)
+    event = EventRow._make(record[:_EVENT_FIELDS])
+    if event.data is not None:
+        return event
+    row = AdjustmentRow._make(record[_EVENT_FIELDS:])
+    return event._replace(data=_encoder.encode(adjustment(row)).decode())
 
 
 async def events_after(
