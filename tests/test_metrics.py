@@ -332,9 +332,8 @@ def test_in_one_process_without_the_directory_the_ordinary_registry_counts() -> 
     assert not instruments.MULTIPROCESS
     names = ("loyalty_webhook_delivery_failures_total", "loyalty_webhook_deliveries_total")
     before = [REGISTRY.get_sample_value(name) or 0.0 for name in names]
-    metrics.webhook_failed()
-    metrics.webhook_failed()
-    metrics.webhook_delivered()
+    metrics.webhook_attempts(delivered=1, failed=2)
+    metrics.webhook_attempts(delivered=0, failed=0)
     after = [REGISTRY.get_sample_value(name) or 0.0 for name in names]
     assert [a - b for a, b in zip(after, before, strict=True)] == [2, 1]
 

@@ -21,6 +21,7 @@ import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -620,7 +621,7 @@ def test_the_sender_reads_each_kind_of_answer(
     async def main() -> tuple[list[int], list[bytes]]:
         server, requests = await _serve_answers(list(answers), accepted)
         port = server.sockets[0].getsockname()[1]
-        sender = Sender("test")
+        sender = Sender("test", 10)
         try:
             got = []
             for _ in statuses:
@@ -645,13 +646,41 @@ def test_the_sender_reads_each_kind_of_answer(
         assert request.endswith(b'\r\n\r\n{"a":1}')
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{}",
+        '{"reason":"caf\u00e9 \u2615","delta":"1.50"}'.encode(),
+        b'{"a":"' + b"x" * 5000 + b'"}',
+    ],
+    ids=["empty", "non-ascii", "large"],
+)
+def test_signatures_are_those_the_standardwebhooks_package_makes_and_accepts(body: bytes) -> None:
+    from standardwebhooks import Webhook
+
+    from loyalty.webhooks.signing import new_secret, signed_headers
+
+    secret = new_secret()
+    headers = signed_headers(secret, "evt_01JABCDEF", body, 1_790_000_000.75)
+    moment = datetime.fromtimestamp(1_790_000_000, tz=UTC)
+    assert headers["webhook-timestamp"] == "1790000000"
+    assert headers["webhook-signature"] == Webhook(secret).sign(
+        "evt_01JABCDEF", moment, body.decode()
+    )
+    other = new_secret()
+    assert (
+        signed_headers(other, "evt_01JABCDEF", body, 1_790_000_000)["webhook-signature"]
+        != (headers["webhook-signature"])
+    )
+
+
 def test_the_sender_refuses_what_is_not_http() -> None:
     from loyalty.webhooks.sender import Sender, SendError
 
     async def main() -> None:
         server, _ = await _serve_answers([b"SSH-2.0-OpenSSH\r\n\r\n<close>"])
         port = server.sockets[0].getsockname()[1]
-        sender = Sender("test")
+        sender = Sender("test", 10)
         try:
             with pytest.raises(SendError):
                 await asyncio.wait_for(sender.post(f"http://127.0.0.1:{port}/", {}, b"{}"), 10)

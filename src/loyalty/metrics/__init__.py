@@ -3,8 +3,7 @@
 from loyalty.metrics.instruments import (
     WEBHOOK_DELIVERIES,
     WEBHOOK_FAILURES,
-    webhook_delivered,
-    webhook_failed,
+    webhook_attempts,
 )
 
-__all__ = ["WEBHOOK_DELIVERIES", "WEBHOOK_FAILURES", "webhook_delivered", "webhook_failed"]
+__all__ = ["WEBHOOK_DELIVERIES", "WEBHOOK_FAILURES", "webhook_attempts"]

@@ -129,11 +129,10 @@ def queue_depth(queue: str) -> Gauge:
     return QUEUE_DEPTH.labels(queue)
 
 
-def webhook_delivered() -> None:
-    """One webhook delivery attempt answered with a 2xx."""
-    WEBHOOK_DELIVERIES.inc()
-
-
-def webhook_failed() -> None:
-    """One webhook delivery attempt that failed (it may still be retried)."""
-    WEBHOOK_FAILURES.inc()
+def webhook_attempts(delivered: int, failed: int) -> None:
+    """Webhook delivery attempts: `delivered` answered with a 2xx, `failed` not (these may
+    still be retried)."""
+    if delivered:
+        WEBHOOK_DELIVERIES.inc(delivered)
+    if failed:
+        WEBHOOK_FAILURES.inc(failed)

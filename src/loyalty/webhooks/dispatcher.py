@@ -2,9 +2,10 @@
 what failed on the schedule; one relay of all servers does it at a time (lease `webhooks`).
 
 A round of first attempts: read the events after the smallest endpoint position, send each
-to each endpoint whose position it passed and whose types it matches (up to IN_FLIGHT_MAX at
-once), then, in one short transaction, record a delivery per (endpoint, event) with its
-outcome and move the endpoints' positions past the events. No transaction is open while a
+to each endpoint whose position it passed and whose types it matches (IN_FLIGHT_MAX lanes,
+each sending one delivery after another on its connection), then, in one short transaction,
+record a delivery per (endpoint, event) with its outcome and move the endpoints' positions
+past the events. No transaction is open while a
 request is in flight: SQLite has one writer, and adjustments must never wait on a receiver.
 A crash between the sends and that transaction sends those events again after the restart,
 under the same `webhook-id` (the event's id), which is how receivers drop repeats.
@@ -51,7 +52,7 @@ ROUND_MIN_S = 0.05
 EVENTS_PER_ROUND = 500
 SENDS_PER_ROUND_MAX = 1000
 RETRIES_PER_ROUND = 500
-IN_FLIGHT_MAX = 32
+IN_FLIGHT_MAX = 32  # of a round; the first attempts' and the retries' rounds run side by side
 ATTEMPT_TIMEOUT_S = 10.0  # SPEC 8.2: no answer within 10 s is a failed attempt
 # A claimed retry is left alone this long: an attempt and its recording fit well within it.
 RETRY_CLAIM_MS = 60_000
@@ -60,14 +61,13 @@ ERROR_PAUSE_S = 1.0
 USER_AGENT = "loyalty-webhooks/1"
 
 
-def _count_delivered() -> None:
-    """An attempt answered with a 2xx."""
-    metrics.webhook_delivered()
+def _delivered(status: int | None) -> bool:
+    return status is not None and 200 <= status < 300
 
 
-def _count_failure() -> None:
-    """An attempt that got no 2xx (an error status, a timeout, no connection)."""
-    metrics.webhook_failed()
+def _count(statuses: Sequence[int | None]) -> None:
+    delivered = sum(1 for status in statuses if _delivered(status))
+    metrics.webhook_attempts(delivered, len(statuses) - delivered)
 
 
 def _matches(endpoint: WebhookRow, event: EventRow) -> bool:
@@ -80,7 +80,6 @@ class Dispatcher:
         self._schedule_s = tuple(float(delay) for delay in retry_schedule_s)
         self._owner = leases.new_owner()
         self._held_until = 0.0  # time.monotonic() until which this relay holds the lease
-        self._in_flight = asyncio.Semaphore(IN_FLIGHT_MAX)
 
     @property
     def holding(self) -> bool:
@@ -88,7 +87,7 @@ class Dispatcher:
 
     async def run(self) -> None:
         """Until cancelled; then gives the lease up so another relay takes over at once."""
-        client = Sender(USER_AGENT)
+        client = Sender(USER_AGENT, ATTEMPT_TIMEOUT_S)
         try:
             await asyncio.gather(
                 self._keep_lease(), self._first_attempts(client), self._retries(client)
@@ -163,8 +162,8 @@ class Dispatcher:
             sends += [(endpoint, row) for endpoint in due]
             handed = row.position
         bodies = {row.id: event_json(row) for _, row in sends}
-        statuses = await asyncio.gather(
-            *(self._attempt(client, e.url, e.secret, row.id, bodies[row.id]) for e, row in sends)
+        statuses = await _send_all(
+            client, [(e.url, e.secret, row.id, bodies[row.id]) for e, row in sends]
         )
         at_ms = now_ms()
         deliveries = []
@@ -200,8 +199,8 @@ class Dispatcher:
             return False
         async with self._db.write() as conn:
             due = await repository.claim(conn, ids, now, now + RETRY_CLAIM_MS)
-        statuses = await asyncio.gather(
-            *(self._attempt(client, d.url, d.secret, d.event.id, event_json(d.event)) for d in due)
+        statuses = await _send_all(
+            client, [(d.url, d.secret, d.event.id, event_json(d.event)) for d in due]
         )
         at_ms = now_ms()
         outcomes = []
@@ -216,24 +215,31 @@ class Dispatcher:
     def _outcome(self, attempt: int, status: int | None, at_ms: int) -> tuple[str, int | None]:
         """What the delivery becomes after its `attempt`-th attempt got `status` (None: no
         answer): delivered, pending until the next attempt, or failed after the last."""
-        if status is not None and 200 <= status < 300:
-            _count_delivered()
+        if _delivered(status):
             return "delivered", None
-        _count_failure()
         if attempt > len(self._schedule_s):
             return "failed", None
         delay_s = self._schedule_s[attempt - 1] * random.uniform(1 - JITTER, 1 + JITTER)
         return "pending", at_ms + max(0, round(delay_s * 1000))
 
-    async def _attempt(
-        self, client: Sender, url: str, secret: str, event_id: str, body: bytes
-    ) -> int | None:
-        """One signed POST; the response's status, or None when none came in time."""
-        async with self._in_flight:
+
+_Send = tuple[str, str, str, bytes]  # url, secret, event id, body
+
+
+async def _send_all(client: Sender, sends: Sequence[_Send]) -> list[int | None]:
+    """Each signed POST's status, or None where none came in time. Lanes, not a task per
+    delivery: each lane sends one delivery after another, as a connection would anyway."""
+    statuses: list[int | None] = [None] * len(sends)
+    queue = iter(enumerate(sends))
+
+    async def lane() -> None:
+        for index, (url, secret, event_id, body) in queue:
             headers = signed_headers(secret, event_id, body, time.time())
             try:
-                async with asyncio.timeout(ATTEMPT_TIMEOUT_S):
-                    return await client.post(url, headers, body)
-            except (TimeoutError, OSError, SendError, asyncio.IncompleteReadError) as error:
+                statuses[index] = await client.post(url, headers, body)
+            except (TimeoutError, OSError, SendError) as error:
                 log.debug("webhook to %s: %s", url, type(error).__name__)
-                return None
+
+    await asyncio.gather(*(lane() for _ in range(min(IN_FLIGHT_MAX, len(sends)))))
+    _count(statuses)
+    return statuses
