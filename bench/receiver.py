@@ -215,6 +215,16 @@ class Http(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         self.buffer += data
+        # The answers to the requests that arrived together leave together, as a server that
+        # reads pipelined requests answers them: one write, not one per request.
+        answers = bytearray()
+        try:
+            self.answer(transport, answers)
+        finally:
+            if answers:
+                transport.write(answers)
+
+    def answer(self, transport: asyncio.Transport, answers: bytearray) -> None:
         while True:
             end = self.buffer.find(b"\r\n\r\n")
             if end < 0:
@@ -224,7 +234,9 @@ class Http(asyncio.Protocol):
             head = bytes(self.buffer[:end])
             length = _CONTENT_LENGTH.search(head)
             if length is None and _CHUNKED.search(head):
-                transport.write(LENGTH_REQUIRED)
+                answers += LENGTH_REQUIRED
+                transport.write(answers)
+                answers.clear()
                 transport.close()
                 return
             total = end + 4 + (int(length.group(1)) if length else 0)
@@ -235,7 +247,7 @@ class Http(asyncio.Protocol):
             if head.startswith(b"POST /hook "):
                 # The hot path: keep it as it came, answer at once.
                 self.receiver.webhook.raw.append((time.time(), head, body))
-                transport.write(NO_CONTENT)
+                answers += NO_CONTENT
                 continue
             method, target = head.split(b" ", 2)[:2]
             if method == b"GET" and target == b"/stream":
@@ -244,7 +256,7 @@ class Http(asyncio.Protocol):
             if method == b"POST" and target == b"/shutdown":
                 asyncio.get_running_loop().create_task(self.shut_down(transport))
                 return
-            transport.write(self.receiver.control(method, target, body))
+            answers += self.receiver.control(method, target, body)
 
     async def stream(self, transport: asyncio.Transport) -> None:
         transport.write(_json(await self.receiver.stream_subjects()))

@@ -19,6 +19,7 @@ import signal
 from loyalty import logs
 from loyalty.config import Settings
 from loyalty.db import Database, open_database
+from loyalty.events.tail import Tail
 from loyalty.webhooks.dispatcher import Dispatcher
 
 log = logging.getLogger("loyalty.relay")
@@ -32,8 +33,10 @@ async def run(settings: Settings) -> None:
     then store how far they got and give their leases up."""
     db = await open_database(settings.database_url, POOL_SIZE)
     try:
-        consumers = [asyncio.create_task(Dispatcher(db, settings.webhook_retry_schedule_s).run())]
-        consumers += _nats_publisher(db, settings)
+        tail = Tail(db)  # the consumers' one reader of the newest events
+        dispatcher = Dispatcher(db, tail, settings.webhook_retry_schedule_s)
+        consumers = [asyncio.create_task(dispatcher.run())]
+        consumers += _nats_publisher(db, tail, settings)
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(signum, stop.set)
@@ -49,14 +52,14 @@ async def run(settings: Settings) -> None:
         await db.close()
 
 
-def _nats_publisher(db: Database, settings: Settings) -> list[asyncio.Task[None]]:
+def _nats_publisher(db: Database, tail: Tail, settings: Settings) -> list[asyncio.Task[None]]:
     if settings.nats_url is None:
         return []
     # Imported only when configured: without NATS, the NATS client is never loaded.
     from loyalty.events import nats_publisher
 
     publish = nats_publisher.run(
-        db, settings.nats_url, settings.nats_stream, settings.nats_subject_prefix
+        db, tail, settings.nats_url, settings.nats_stream, settings.nats_subject_prefix
     )
     return [asyncio.create_task(publish)]
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 from collections.abc import Sequence
@@ -30,14 +31,14 @@ import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as Nats
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import PubAck, StorageType
+from nats.js.api import StorageType
 
 from loyalty.db import Database
 from loyalty.errors import DatabaseUnavailable
-from loyalty.events import leases, repository
-from loyalty.events.repository import EventRow
-from loyalty.events.schemas import event_json
+from loyalty.events import leases
+from loyalty.events.tail import Pending, Tail
 
 log = logging.getLogger("loyalty.nats")
 
@@ -60,6 +61,8 @@ BACKOFF_MAX_S = 10.0
 # restart after a crash takes, so the window sent again then is dropped.
 DUPLICATE_WINDOW_S = 120.0
 MSG_ID_HEADER = "Nats-Msg-Id"
+EXPECTED_STREAM_HEADER = "Nats-Expected-Stream"  # refused unless the subject is the stream's
+NO_RESPONDERS = "503"  # the status of the answer when no stream takes the subject
 
 # What a NATS server that is down, unreachable or refusing raises.
 NATS_ERRORS = (OSError, TimeoutError, nats.errors.Error)
@@ -86,15 +89,58 @@ class _Unpublished(Exception):
         self.position = position
 
 
+class _Acks:
+    """What JetStream answered for one window of messages, by each message's index.
+
+    Messages are published with a reply subject of their own rather than through the client's
+    publish_async, which spends a future, a semaphore, a random inbox token and a parsed ack
+    object on each: the relay's largest cost per event (measured with py-spy)."""
+
+    def __init__(self, window: str, size: int) -> None:
+        self.window = window
+        self.acked = bytearray(size)  # 1 once the message's ack came
+        self.errors: dict[int, nats.errors.Error] = {}
+        self.answered = 0
+        self.all_in: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def take(self, subject: str, data: bytes, headers: dict[str, str] | None) -> None:
+        _, window, number = subject.rsplit(".", 2)
+        index = int(number) if window == self.window and number.isdigit() else -1
+        if not 0 <= index < len(self.acked) or self.acked[index] or index in self.errors:
+            return  # an earlier window's, or a repeat
+        if headers and headers.get("Status") == NO_RESPONDERS:
+            self.errors[index] = nats.js.errors.NoStreamResponseError()
+        elif b'"error"' in data and "error" in (answer := json.loads(data)):
+            try:
+                nats.js.errors.APIError.from_error(answer["error"])
+            except nats.js.errors.APIError as error:
+                self.errors[index] = error
+        else:
+            self.acked[index] = 1  # stored, or a duplicate JetStream already holds
+        self.answered += 1
+        if self.answered == len(self.acked) and not self.all_in.done():
+            self.all_in.set_result(None)
+
+    def first_missing(self) -> int:
+        """The index of the first message not acknowledged (the size when none is)."""
+        missing = self.acked.find(0)
+        return len(self.acked) if missing < 0 else missing
+
+
 class Publisher:
     """The loop of one relay: take the lease, then publish what follows its position."""
 
-    def __init__(self, db: Database, target: Target) -> None:
+    def __init__(self, db: Database, tail: Tail, target: Target) -> None:
         self._db = db
+        self._tail = tail
         self._target = target
         self._owner = leases.new_owner()
         self._nc: Nats | None = None
-        self._js: JetStreamContext | None = None
+        # Each window's acks come to `<inbox>.<window>.<index>`: a late ack of an earlier
+        # window is told apart and ignored.
+        self._inbox = ""
+        self._windows = 0
+        self._acks: _Acks | None = None
         self._outage_since: float | None = None
         self._client_failure: Exception | None = None  # what the client met last
         # How far JetStream has acknowledged (None: not holding the lease), and how far the
@@ -134,8 +180,7 @@ class Publisher:
                         await asyncio.sleep(LEASE_RETRY_S * random.uniform(0.75, 1.25))
                         continue
                     self._position, self._stored = max(held, self._position or 0), held
-                async with self._db.read() as conn:
-                    rows = await repository.events_after(conn, self._position, WINDOW_MAX)
+                rows = await self._tail.after(self._position, WINDOW_MAX)
                 if rows:
                     self._position = await self._publish(rows)
                     self._recovered(loop.time())
@@ -167,43 +212,47 @@ class Publisher:
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
 
-    async def _publish(self, rows: Sequence[EventRow]) -> int:
+    async def _publish(self, rows: Sequence[Pending]) -> int:
         """Sends `rows` in order on the one connection (so JetStream stores them in this
         order) and waits for their acks: the position of the last. Raises _Unpublished, with
         the position of the last event acknowledged after all those before it, when some
         were not acknowledged within ACK_TIMEOUT_S."""
-        acked = 0
-        futures: list[asyncio.Future[PubAck]] = []
+        self._windows += 1
+        acks = self._acks = _Acks(str(self._windows), len(rows))
         try:
-            js = await self._connected()
-            for row in rows:
-                # No wait_stall: the window is far below the client's limit of pending acks,
-                # and waiting on that limit through wait_for doubles the client's cost.
-                future = await js.publish_async(
+            nc = await self._connected()
+            headers = {EXPECTED_STREAM_HEADER: self._target.stream}
+            for index, (row, body) in enumerate(rows):
+                headers[MSG_ID_HEADER] = row.id
+                await nc.publish(
                     self._target.subject(row.type),
-                    event_json(row),
-                    stream=self._target.stream,
-                    headers={MSG_ID_HEADER: row.id},
+                    body,
+                    reply=f"{self._inbox}.{acks.window}.{index}",
+                    headers=headers,
                 )
-                futures.append(future)
-            await asyncio.wait(futures, timeout=ACK_TIMEOUT_S)
-            for future in futures:
-                if not future.done():
-                    raise TimeoutError(f"no ack from JetStream within {ACK_TIMEOUT_S:g} s")
-                future.result()  # raises what JetStream answered instead of an ack
-                acked += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(acks.all_in), ACK_TIMEOUT_S)
+            missing = acks.first_missing()
+            if missing < len(rows):
+                raise acks.errors.get(missing) or TimeoutError(
+                    f"no ack from JetStream within {ACK_TIMEOUT_S:g} s"
+                )
         except NATS_ERRORS as error:
-            position = rows[acked - 1].position if acked else rows[0].position - 1
+            missing = acks.first_missing()
+            position = rows[missing - 1].row.position if missing else rows[0].row.position - 1
             raise _Unpublished(error, position) from error
         finally:
-            # A future still waiting holds a place in the client's window of pending acks.
-            for future in futures:
-                future.cancel()
-        return rows[-1].position
+            self._acks = None
+        return rows[-1].row.position
 
-    async def _connected(self) -> JetStreamContext:
-        if self._js is not None and self._nc is not None and self._nc.is_connected:
-            return self._js
+    async def _on_ack(self, msg: Msg) -> None:
+        """The subscription's callback, for each answer JetStream sends to a reply subject."""
+        if self._acks is not None:
+            self._acks.take(msg.subject, msg.data, msg.headers)
+
+    async def _connected(self) -> Nats:
+        if self._nc is not None and self._nc.is_connected:
+            return self._nc
         await self._close()
         nc = await nats.connect(
             servers=list(self._target.servers),
@@ -218,16 +267,17 @@ class Publisher:
             name="loyalty",
         )
         try:
-            js = nc.jetstream(timeout=ACK_TIMEOUT_S)
-            await ensure_stream(js, self._target)
+            await ensure_stream(nc.jetstream(timeout=ACK_TIMEOUT_S), self._target)
+            self._inbox = nc.new_inbox()
+            await nc.subscribe(f"{self._inbox}.*.*", cb=self._on_ack)
         except BaseException:
             await _close_quietly(nc)
             raise
-        self._nc, self._js = nc, js
-        return js
+        self._nc = nc
+        return nc
 
     async def _close(self) -> None:
-        nc, self._nc, self._js = self._nc, None, None
+        nc, self._nc = self._nc, None
         if nc is not None:
             await _close_quietly(nc)
 
@@ -283,7 +333,7 @@ async def _close_quietly(nc: Nats) -> None:
         await asyncio.wait_for(nc.close(), CLOSE_TIMEOUT_S)
 
 
-async def run(db: Database, url: str, stream: str, subject_prefix: str) -> None:
+async def run(db: Database, tail: Tail, url: str, stream: str, subject_prefix: str) -> None:
     """The publisher of one relay, until cancelled."""
     target = Target(tuple(url.split(",")), stream, subject_prefix)
-    await Publisher(db, target).run()
+    await Publisher(db, tail, target).run()

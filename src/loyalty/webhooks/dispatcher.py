@@ -28,14 +28,13 @@ from loyalty import metrics
 from loyalty.db import Database
 from loyalty.errors import DatabaseUnavailable
 from loyalty.events import leases
-from loyalty.events import repository as events
-from loyalty.events.repository import EventRow
 from loyalty.events.schemas import event_json
+from loyalty.events.tail import Pending, Tail
 from loyalty.ids import new_id
 from loyalty.timestamps import now_ms
 from loyalty.webhooks import repository
 from loyalty.webhooks.repository import DeliveryRow, Outcome, WebhookRow
-from loyalty.webhooks.sender import Sender, SendError
+from loyalty.webhooks.sender import PIPELINE_MAX, Sender
 from loyalty.webhooks.signing import signed_headers
 
 log = logging.getLogger("loyalty.webhooks")
@@ -52,7 +51,9 @@ ROUND_MIN_S = 0.05
 EVENTS_PER_ROUND = 500
 SENDS_PER_ROUND_MAX = 1000
 RETRIES_PER_ROUND = 500
-IN_FLIGHT_MAX = 32  # of a round; the first attempts' and the retries' rounds run side by side
+# Connections in use at once by a round; the first attempts' and the retries' rounds run side
+# by side.
+IN_FLIGHT_MAX = 32
 ATTEMPT_TIMEOUT_S = 10.0  # SPEC 8.2: no answer within 10 s is a failed attempt
 # A claimed retry is left alone this long: an attempt and its recording fit well within it.
 RETRY_CLAIM_MS = 60_000
@@ -70,13 +71,10 @@ def _count(statuses: Sequence[int | None]) -> None:
     metrics.webhook_attempts(delivered, len(statuses) - delivered)
 
 
-def _matches(endpoint: WebhookRow, event: EventRow) -> bool:
-    return endpoint.event_types is None or event.type in endpoint.event_types.split()
-
-
 class Dispatcher:
-    def __init__(self, db: Database, retry_schedule_s: Sequence[Decimal]) -> None:
+    def __init__(self, db: Database, tail: Tail, retry_schedule_s: Sequence[Decimal]) -> None:
         self._db = db
+        self._tail = tail
         self._schedule_s = tuple(float(delay) for delay in retry_schedule_s)
         self._owner = leases.new_owner()
         self._held_until = 0.0  # time.monotonic() until which this relay holds the lease
@@ -147,27 +145,35 @@ class Dispatcher:
         """Sends the next events to the endpoints; False when there were none."""
         async with self._db.read() as conn:
             endpoints = await repository.enabled_webhooks(conn)
-            if not endpoints:
-                return False
-            start = min(endpoint.position for endpoint in endpoints)
-            rows = await events.events_after(conn, start, EVENTS_PER_ROUND)
-        if not rows:
+        if not endpoints:
             return False
-        sends: list[tuple[WebhookRow, EventRow]] = []
+        start = min(endpoint.position for endpoint in endpoints)
+        pending = await self._tail.after(start, EVENTS_PER_ROUND)
+        if not pending:
+            return False
+        # Each endpoint with the event types it wants (None: all of them).
+        targets = [
+            (e, None if e.event_types is None else set(e.event_types.split())) for e in endpoints
+        ]
+        sends: list[tuple[WebhookRow, Pending]] = []
         handed = start  # the last event position this round deals with
-        for row in rows:
-            due = [e for e in endpoints if e.position < row.position and _matches(e, row)]
+        for event in pending:
+            position, event_type = event.row.position, event.row.type
+            due = [
+                e
+                for e, types in targets
+                if e.position < position and (types is None or event_type in types)
+            ]
             if sends and len(sends) + len(due) > SENDS_PER_ROUND_MAX:
                 break
-            sends += [(endpoint, row) for endpoint in due]
-            handed = row.position
-        bodies = {row.id: event_json(row) for _, row in sends}
+            sends += [(endpoint, event) for endpoint in due]
+            handed = position
         statuses = await _send_all(
-            client, [(e.url, e.secret, row.id, bodies[row.id]) for e, row in sends]
+            client, [(e.url, e.secret, event.row.id, event.body) for e, event in sends]
         )
         at_ms = now_ms()
         deliveries = []
-        for (endpoint, row), status in zip(sends, statuses, strict=True):
+        for (endpoint, (row, _)), status in zip(sends, statuses, strict=True):
             state, next_at_ms = self._outcome(1, status, at_ms)
             deliveries.append(
                 DeliveryRow(
@@ -228,18 +234,33 @@ _Send = tuple[str, str, str, bytes]  # url, secret, event id, body
 
 async def _send_all(client: Sender, sends: Sequence[_Send]) -> list[int | None]:
     """Each signed POST's status, or None where none came in time. Lanes, not a task per
-    delivery: each lane sends one delivery after another, as a connection would anyway."""
+    delivery: each lane takes the next few deliveries to one endpoint, in order, and sends
+    them on one connection (pipelined once it has stayed open)."""
     statuses: list[int | None] = [None] * len(sends)
-    queue = iter(enumerate(sends))
+    by_url: dict[str, list[int]] = {}
+    for index, (url, _, _, _) in enumerate(sends):
+        by_url.setdefault(url, []).append(index)
+    chunks = iter(
+        (url, indexes[start : start + PIPELINE_MAX])
+        for url, indexes in by_url.items()
+        for start in range(0, len(indexes), PIPELINE_MAX)
+    )
 
     async def lane() -> None:
-        for index, (url, secret, event_id, body) in queue:
-            headers = signed_headers(secret, event_id, body, time.time())
-            try:
-                statuses[index] = await client.post(url, headers, body)
-            except (TimeoutError, OSError, SendError) as error:
-                log.debug("webhook to %s: %s", url, type(error).__name__)
+        for url, indexes in chunks:
+            now_s = time.time()
+            messages = []
+            for index in indexes:
+                _, secret, event_id, body = sends[index]
+                messages.append((signed_headers(secret, event_id, body, now_s), body))
+            outcomes = await client.post_many(url, messages)
+            for index, outcome in zip(indexes, outcomes, strict=True):
+                if isinstance(outcome, Exception):
+                    log.debug("webhook to %s: %s", url, type(outcome).__name__)
+                else:
+                    statuses[index] = outcome
 
-    await asyncio.gather(*(lane() for _ in range(min(IN_FLIGHT_MAX, len(sends)))))
+    lanes = min(IN_FLIGHT_MAX, -(-len(sends) // PIPELINE_MAX))
+    await asyncio.gather(*(lane() for _ in range(lanes)))
     _count(statuses)
     return statuses

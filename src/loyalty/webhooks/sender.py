@@ -4,8 +4,9 @@ the status back, the answer's body read (bounded) and dropped.
 httpx costs about a millisecond and a half of CPU per request in this process, which at the
 ledger's rate of events would take the CPU the adjustments need. Deliveries need little of
 HTTP: one method, a body with a length, no redirects, no cookies, only the status of the
-answer. This does that on an asyncio protocol, one request at a time per connection: the
-answer is parsed as it arrives, and each attempt's time limit is one timer, not a task.
+answer. This does that on an asyncio protocol: answers are parsed as they arrive, requests
+are pipelined on a connection that has stayed open, and one timer per connection bounds
+the wait, not a task per request.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import ssl
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import cast
@@ -23,6 +26,7 @@ import httpx
 RESPONSE_READ_MAX = 64 * 1024  # of a receiver's answer only the status matters
 HEAD_MAX = 64 * 1024
 IDLE_PER_ORIGIN_MAX = 32
+PIPELINE_MAX = 8  # requests written at once on a connection that has stayed open
 
 
 class SendError(Exception):
@@ -60,18 +64,66 @@ def target(url: str) -> Target:
 
 
 class Sender:
-    def __init__(self, user_agent: str, timeout_s: float) -> None:
+    def __init__(self, user_agent: str, timeout_s: float, pipeline_max: int = PIPELINE_MAX):
         self._idle: dict[tuple[bool, str, int], list[_Connection]] = {}
         self._user_agent = user_agent
         self._timeout_s = timeout_s
+        self._pipeline_max = pipeline_max
+        # Origins where a pipelined request went unanswered in time: one at a time there.
+        self._one_at_a_time: set[tuple[bool, str, int]] = set()
         self._tls = ssl.create_default_context()
 
     async def post(self, url: str, headers: dict[str, str], body: bytes) -> int:
         """POSTs `body`; the answer's status. Raises SendError or OSError without one, and
         TimeoutError when none came within the sender's time limit."""
+        (outcome,) = await self.post_many(url, [(headers, body)])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def post_many(
+        self, url: str, messages: Sequence[tuple[dict[str, str], bytes]]
+    ) -> list[int | Exception]:
+        """POSTs each (headers, body) to `url`: for each, the answer's status, or the error
+        that left it without one (SendError, OSError, TimeoutError).
+
+        A new connection carries one request; once it has answered and stayed open, the
+        next requests are pipelined on it, up to `pipeline_max` written at once (RFC 9112
+        9.3.2), which saves a write and a read of each side per request. Requests left
+        unanswered when a kept connection closes are sent again on another (a receiver
+        drops repeats by `webhook-id`); an unanswered request on a new connection is a
+        failed attempt."""
         where = target(url)
+        requests = [self._request(where, headers, body) for headers, body in messages]
+        outcomes: list[int | Exception | None] = [None] * len(requests)
+        waiting = list(range(len(requests)))
+        while waiting:
+            try:
+                connection, fresh = await self._connection(where)
+            except (OSError, TimeoutError) as error:
+                for index in waiting:
+                    outcomes[index] = error
+                break
+            pipelined = not fresh and where.origin not in self._one_at_a_time
+            batch = waiting[: self._pipeline_max if pipelined else 1]
+            answers = connection.send([requests[index] for index in batch], self._timeout_s)
+            for index, answer in zip(batch, answers, strict=True):
+                try:
+                    outcomes[index] = await answer
+                except _Unanswered as error:
+                    if fresh:
+                        outcomes[index] = SendError(str(error))
+                except (SendError, TimeoutError) as error:
+                    outcomes[index] = error
+            if connection.stalled:
+                self._one_at_a_time.add(where.origin)
+            self._release(where, connection)
+            waiting = [index for index in waiting if outcomes[index] is None]
+        return cast(list[int | Exception], outcomes)  # each has its outcome by now
+
+    def _request(self, where: Target, headers: dict[str, str], body: bytes) -> bytes:
         extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-        request = b"".join(
+        return b"".join(
             (
                 where.head,
                 f"user-agent: {self._user_agent}\r\ncontent-length: {len(body)}\r\n".encode(),
@@ -80,39 +132,32 @@ class Sender:
                 body,
             )
         )
+
+    async def _connection(self, where: Target) -> tuple[_Connection, bool]:
+        """A kept connection to the target's origin, or else a new one (True)."""
         idle = self._idle.get(where.origin)
         while idle:
             connection = idle.pop()
-            if connection.closed:
-                continue
-            try:
-                return await self._exchange(where, connection, request, self._timeout_s)
-            except SendError:
-                # A kept connection the receiver closed meanwhile: try the next, then a new one.
-                continue
+            if connection.reusable:
+                return connection, False
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout_s
-        async with asyncio.timeout_at(deadline):
-            _, protocol = await loop.create_connection(
+        async with asyncio.timeout(self._timeout_s):
+            _, connection = await loop.create_connection(
                 lambda: _Connection(loop),
                 where.host,
                 where.port,
                 ssl=self._tls if where.tls else None,
                 server_hostname=where.host if where.tls else None,
             )
-        return await self._exchange(where, protocol, request, deadline - loop.time())
+        return connection, True
 
-    async def _exchange(
-        self, where: Target, connection: _Connection, request: bytes, timeout_s: float
-    ) -> int:
-        status = await connection.exchange(request, timeout_s)
+    def _release(self, where: Target, connection: _Connection) -> None:
         if connection.reusable:
             kept = self._idle.setdefault(where.origin, [])
             if len(kept) < IDLE_PER_ORIGIN_MAX:
                 kept.append(connection)
-                return status
+                return
         connection.close()
-        return status
 
     async def close(self) -> None:
         for connections in self._idle.values():
@@ -122,95 +167,126 @@ class Sender:
         await asyncio.sleep(0)  # lets the transports' closing callbacks run
 
 
+class _Unanswered(SendError):
+    """The connection closed before this request's answer (those before it were answered)."""
+
+
 class _Connection(asyncio.Protocol):
-    """One connection, one exchange at a time: the request written, the answer parsed as its
-    bytes arrive, the waiter told the status once the answer's end is known."""
+    """One connection: requests written in order, answers parsed as their bytes arrive and
+    handed to the requests' waiters in the same order. One timer per connection bounds the
+    wait for the oldest unanswered request."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._transport: asyncio.Transport | None = None
-        self._waiter: asyncio.Future[int] | None = None
+        self._waiting: deque[asyncio.Future[int]] = deque()
+        self._timeout_s = 0.0
+        self._deadline = 0.0  # for the oldest unanswered request
         self._timer: asyncio.TimerHandle | None = None
         self._buffer = bytearray()
         self._answer: _Answer | None = None
         self.closed = False
-        self.reusable = False
+        self.kept_alive = True  # the last answer let the connection stay open
+        self.stalled = False  # timed out with more requests pipelined behind
+
+    @property
+    def reusable(self) -> bool:
+        return self.kept_alive and not self.closed and not self._waiting
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TCP transport is a Transport without deriving from asyncio's class.
         self._transport = cast(asyncio.Transport, transport)
 
-    def exchange(self, request: bytes, timeout_s: float) -> asyncio.Future[int]:
-        assert self._transport is not None and self._waiter is None
-        self._waiter = self._loop.create_future()
-        self._buffer.clear()
-        self._answer = None
-        self.reusable = False
-        self._timer = self._loop.call_later(timeout_s, self._expire)
-        self._transport.write(request)
-        return self._waiter
+    def send(self, requests: Sequence[bytes], timeout_s: float) -> list[asyncio.Future[int]]:
+        assert self._transport is not None
+        answers = [self._loop.create_future() for _ in requests]
+        if not self._waiting:
+            self._timeout_s = timeout_s
+            self._deadline = self._loop.time() + timeout_s
+            if self._timer is None:
+                self._timer = self._loop.call_at(self._deadline, self._expire)
+        self._waiting.extend(answers)
+        self._transport.write(requests[0] if len(requests) == 1 else b"".join(requests))
+        return answers
 
     def data_received(self, data: bytes) -> None:
-        if self._waiter is None:
+        if not self._waiting:
             self.close()  # bytes nobody asked for: the connection is not worth keeping
             return
         self._buffer += data
         try:
-            self._read()
+            while self._waiting and self._read_answer():
+                pass
         except SendError as error:
-            self._finish(error)
+            self._waiting.popleft().set_exception(error)
+            self.close()
+            return
+        if self._buffer and not self._waiting:
+            self.close()
 
     def eof_received(self) -> bool:
-        return False  # the transport closes itself; connection_lost tells the waiter
+        return False  # the transport closes itself; connection_lost tells the waiters
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self._finish(SendError("the connection closed before an answer"))
+        self.close()
 
     def close(self) -> None:
+        """Closes the connection; the requests still waiting are left unanswered."""
         self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._waiting:
+            answer = self._waiting.popleft()
+            if not answer.done():
+                answer.set_exception(_Unanswered("the connection closed before an answer"))
         if self._transport is not None:
             self._transport.close()
 
     def _expire(self) -> None:
         self._timer = None
-        self._finish(TimeoutError("no answer in time"))
+        if not self._waiting:
+            return
+        if self._loop.time() < self._deadline:
+            self._timer = self._loop.call_at(self._deadline, self._expire)
+            return
+        self.stalled = len(self._waiting) > 1
+        oldest = self._waiting.popleft()
+        if not oldest.done():
+            oldest.set_exception(TimeoutError("no answer in time"))
+        self.close()
 
-    def _read(self) -> None:
+    def _read_answer(self) -> bool:
+        """Takes one whole answer off the buffer and tells its waiter; False until one has
+        arrived whole."""
         answer = self._answer
         if answer is None:
             end = self._buffer.find(b"\r\n\r\n")
             if end < 0:
                 if len(self._buffer) > HEAD_MAX:
                     raise SendError("the answer's head is too large")
-                return
+                return False
             answer = self._answer = _parse_head(bytes(self._buffer[:end]))
             del self._buffer[: end + 4]
         if answer.chunked:
             if _skip_chunks(answer, self._buffer) is None:
-                return
+                return False
         elif answer.length is not None and answer.length <= RESPONSE_READ_MAX:
             if len(self._buffer) < answer.length:
-                return
+                return False
             del self._buffer[: answer.length]
         else:
             answer.keep = False  # unbounded, or delimited by the close: not worth waiting for
-        self._finish(answer.status, keep=answer.keep and not self._buffer)
-
-    def _finish(self, outcome: int | Exception, keep: bool = False) -> None:
-        waiter, self._waiter = self._waiter, None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self.reusable = keep and not self.closed
-        if not self.reusable:
+        self._answer = None
+        waiter = self._waiting.popleft()
+        if not waiter.done():
+            waiter.set_result(answer.status)
+        self._deadline = self._loop.time() + self._timeout_s
+        if not answer.keep:
+            self.kept_alive = False
             self.close()
-        if waiter is None or waiter.done():
-            return
-        if isinstance(outcome, Exception):
-            waiter.set_exception(outcome)
-        else:
-            waiter.set_result(outcome)
+            return False
+        return True
 
 
 @dataclass(slots=True)
