@@ -51,6 +51,9 @@ LEASE_RETRY_S = 2.0  # how often a relay without the lease tries to take it
 POLL_S = 0.1  # the relay finds new commits by polling (every worker and server writes them)
 STORE_EVERY_S = 0.5  # under load, how often the position is stored
 WINDOW_MAX = 500  # events sent before their acks are awaited
+# Under load, windows start at most this often (unless the last was full): each gathers the
+# events of many commits, so reads of the outbox and writes to NATS stay few per event.
+WINDOW_EVERY_S = 0.1
 ACK_TIMEOUT_S = 5.0  # well under the lease's ttl, so a window ends before the lease does
 CONNECT_TIMEOUT_S = 2
 CLOSE_TIMEOUT_S = 2.0
@@ -180,11 +183,14 @@ class Publisher:
                         await asyncio.sleep(LEASE_RETRY_S * random.uniform(0.75, 1.25))
                         continue
                     self._position, self._stored = max(held, self._position or 0), held
+                started = loop.time()
                 rows = await self._tail.after(self._position, WINDOW_MAX)
                 if rows:
                     self._position = await self._publish(rows)
                     self._recovered(loop.time())
                     backoff_s = BACKOFF_FIRST_S
+                    if len(rows) < WINDOW_MAX:  # caught up: let the next window fill a while
+                        await asyncio.sleep(max(0.0, started + WINDOW_EVERY_S - loop.time()))
                 if self._position > self._stored and (not rows or loop.time() >= store_at):
                     if not await leases.advance(self._db, LEASE, self._owner, self._position):
                         self._position = None  # the lease went to another relay meanwhile

@@ -47,7 +47,7 @@ LEASE_RENEW_S = 3.0
 POLL_S = 0.1  # the relay finds new commits by polling (every worker and server writes them)
 # Rounds start at most this often: under load each gathers the events of many ledger batches,
 # so the dispatcher's own write transactions stay few beside the ledger's.
-ROUND_MIN_S = 0.05
+ROUND_MIN_S = 0.1
 EVENTS_PER_ROUND = 500
 SENDS_PER_ROUND_MAX = 1000
 RETRIES_PER_ROUND = 500

@@ -26,7 +26,7 @@ import httpx
 RESPONSE_READ_MAX = 64 * 1024  # of a receiver's answer only the status matters
 HEAD_MAX = 64 * 1024
 IDLE_PER_ORIGIN_MAX = 32
-PIPELINE_MAX = 8  # requests written at once on a connection that has stayed open
+PIPELINE_MAX = 16  # requests written at once on a connection that has stayed open
 
 
 class SendError(Exception):
