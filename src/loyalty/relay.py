@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -37,6 +38,10 @@ async def run(settings: Settings) -> None:
         dispatcher = Dispatcher(db, tail, settings.webhook_retry_schedule_s)
         consumers = [asyncio.create_task(dispatcher.run())]
         consumers += _nats_publisher(db, tail, settings)
+        # What exists now lives as long as the relay: out of the collector's walks (as in a
+        # worker, app.py), which otherwise revisit it on every full collection.
+        gc.collect()
+        gc.freeze()
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(signum, stop.set)
