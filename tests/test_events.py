@@ -377,3 +377,75 @@ def test_verify_finds_a_lost_or_doubled_event(events_backend: Backend) -> None:
         sql(url, "DELETE FROM loyalty_events WHERE position = $1", last + 1)
         sql(url, "UPDATE loyalty_event_sequence SET last_position = $1", last)
     assert verify_report(url).returncode == 0
+
+
+# --- the relay's reader of the newest events -------------------------------------------------
+
+
+def test_the_relays_tail_gives_each_consumer_what_the_outbox_holds(
+    databases: DatabaseFactory,
+) -> None:
+    """Two consumers reading through one Tail, at their own positions and paces (ahead, at
+    the newest, behind what it keeps, past the end), get exactly what a direct read of the
+    outbox gives, each event with its JSON as the channels send it."""
+    from loyalty import migrate
+    from loyalty.db import open_database
+    from loyalty.events import repository, tail
+    from loyalty.events.schemas import event_json
+
+    url = databases.new_url()
+    migrate.upgrade(url)
+
+    async def append(db: Any, count: int) -> None:
+        async with db.write() as conn:
+            await repository.record(
+                conn,
+                [
+                    repository.NewEvent(
+                        f"evt_{uuid.uuid4().hex}",
+                        "customer.created",
+                        f"cus_{uuid.uuid4().hex[:8]}",
+                        None,
+                        1_790_000_000_000 + i,
+                        b'{"id":"cus_x","n":%d}' % i,
+                    )
+                    for i in range(count)
+                ],
+            )
+
+    async def direct(db: Any, position: int, limit: int) -> list[tuple[int, bytes]]:
+        async with db.read() as conn:
+            rows = await repository.events_after(conn, position, limit)
+        return [(row.position, event_json(row)) for row in rows]
+
+    async def scenario() -> None:
+        db = await open_database(url)
+        try:
+            reader = tail.Tail(db)
+
+            async def check(position: int, limit: int) -> int:
+                got = [(p.row.position, p.body) for p in await reader.after(position, limit)]
+                assert got == await direct(db, position, limit), (position, limit)
+                return got[-1][0] if got else position
+
+            assert await reader.after(0, 10) == []
+            await append(db, 30)
+            fast = await check(0, 7)  # the first read keeps 1..30
+            slow = await check(0, 3)  # served from what is kept
+            fast = await check(fast, 100)  # to the newest
+            await append(db, 20)
+            fast = await check(fast, 100)  # new rows, contiguous with those kept
+            slow = await check(slow, 5)
+            assert fast == 50 and slow == 8
+            await check(1_000, 10)  # past the end: nothing
+            await check(40, 100)
+            # More than it keeps: a consumer far behind reads past it, and still in order.
+            await append(db, tail.KEEP + 10)
+            newest = await check(50, tail.KEEP + 10)
+            while newest < 60 + tail.KEEP:
+                newest = await check(newest, 1_000)
+            await check(2, 20)
+        finally:
+            await db.close()
+
+    asyncio.run(scenario())

@@ -583,3 +583,37 @@ def test_two_servers_publish_each_event_once_and_hand_over_on_stop(
     assert len(events) == 32
     assert_published_once(events, stored, stream)
     assert [message.msg_id for message in stored] == [event["id"] for event in events]
+
+
+def test_a_windows_acks_are_read_by_index_and_errors_kept() -> None:
+    """What JetStream answers to each message's own reply subject: a stored or duplicate ack
+    counts, an error or a no-responders status is kept for its message, and an answer of an
+    earlier window, a repeat or a stray subject changes nothing."""
+    import nats.js.errors
+
+    from loyalty.events.nats_publisher import _Acks
+
+    async def main() -> None:
+        acks = _Acks("7", 4)
+        inbox = "_INBOX.abc"
+        acks.take(f"{inbox}.7.0", b'{"stream":"LOYALTY","seq":10}', None)
+        acks.take(f"{inbox}.6.1", b'{"stream":"LOYALTY","seq":11}', None)  # an earlier window
+        acks.take(f"{inbox}.7.x", b'{"stream":"LOYALTY","seq":11}', None)  # not an index
+        acks.take(f"{inbox}.7.9", b'{"stream":"LOYALTY","seq":11}', None)  # out of range
+        acks.take(f"{inbox}.7.1", b'{"stream":"LOYALTY","seq":9,"duplicate": true}', None)
+        acks.take(f"{inbox}.7.1", b'{"stream":"LOYALTY","seq":9}', None)  # a repeat
+        assert acks.first_missing() == 2 and not acks.all_in.done()
+        error = b'{"error":{"code":400,"err_code":10060,"description":"expected stream does not'
+        error += b' match"}}'
+        acks.take(f"{inbox}.7.2", error, None)
+        acks.take(f"{inbox}.7.3", b"", {"Status": "503"})
+        assert acks.all_in.done()
+        assert acks.first_missing() == 2
+        assert isinstance(acks.errors[2], nats.js.errors.BadRequestError)
+        assert "expected stream does not match" in str(acks.errors[2])
+        assert isinstance(acks.errors[3], nats.js.errors.NoStreamResponseError)
+        named = _Acks("1", 1)
+        named.take(f"{inbox}.1.0", b'{"stream":"error","seq":1}', None)  # a stream named error
+        assert named.first_missing() == 1 and not named.errors
+
+    asyncio.run(main())

@@ -674,6 +674,85 @@ def test_signatures_are_those_the_standardwebhooks_package_makes_and_accepts(bod
     )
 
 
+def _message(number: int) -> tuple[dict[str, str], bytes]:
+    return {"webhook-id": f"evt_{number}"}, b'{"n":%d}' % number
+
+
+def _ids(requests: list[bytes]) -> list[str]:
+    return [re.search(rb"webhook-id: (\S+)", r).group(1).decode() for r in requests]  # type: ignore[union-attr]
+
+
+def test_the_sender_pipelines_on_a_kept_connection_and_sends_again_what_a_close_left() -> None:
+    """A new connection carries one request; once it has answered, the rest go pipelined on
+    it. When the receiver closes it with requests unanswered, those go again on a new one:
+    every message is answered, each received once (the receiver read no further)."""
+    from loyalty.webhooks.sender import Sender
+
+    no_content = b"HTTP/1.1 204 No Content\r\n\r\n"
+    answers = [no_content] * 5 + [no_content + b"<close>"] + [no_content] * 6
+    accepted: list[int] = []
+
+    async def main() -> tuple[list[int | Exception], list[bytes]]:
+        server, requests = await _serve_answers(answers, accepted)
+        port = server.sockets[0].getsockname()[1]
+        sender = Sender("test", 10, pipeline_max=16)
+        try:
+            outcomes = await asyncio.wait_for(
+                sender.post_many(f"http://127.0.0.1:{port}/", [_message(n) for n in range(12)]),
+                20,
+            )
+            return outcomes, requests
+        finally:
+            await sender.close()
+            server.close()
+
+    outcomes, requests = asyncio.run(main())
+    assert outcomes == [204] * 12
+    assert accepted == [0, 6]  # the second connection came after six requests were read
+    assert _ids(requests) == [f"evt_{n}" for n in range(12)]
+
+
+def test_a_receiver_that_leaves_pipelined_requests_unanswered_gets_one_at_a_time() -> None:
+    """A naive receiver that answers each read of its socket once, whatever it held, leaves
+    pipelined requests unanswered: the one it was awaited for times out (a failed attempt,
+    retried on the schedule), the others go again, and from then on that origin gets one
+    request at a time, all answered."""
+    from loyalty.webhooks.sender import Sender
+
+    async def naive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while await reader.read(65536):
+                writer.write(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def main() -> tuple[list[int | Exception], list[int | Exception]]:
+        server = await asyncio.start_server(naive, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+        sender = Sender("test", 0.5, pipeline_max=8)
+        try:
+            first = await asyncio.wait_for(
+                sender.post_many(url, [_message(n) for n in range(9)]), 20
+            )
+            then = await asyncio.wait_for(
+                sender.post_many(url, [_message(n) for n in range(9)]), 20
+            )
+            return first, then
+        finally:
+            await sender.close()
+            server.close()
+
+    first, then = asyncio.run(main())
+    assert first[0] == 204
+    timed_out = [n for n, outcome in enumerate(first) if isinstance(outcome, TimeoutError)]
+    assert len(timed_out) == 1 and timed_out[0] > 1, first
+    assert all(outcome == 204 for n, outcome in enumerate(first) if n not in timed_out), first
+    assert then == [204] * 9
+
+
 def test_the_sender_refuses_what_is_not_http() -> None:
     from loyalty.webhooks.sender import Sender, SendError
 
