@@ -2,11 +2,11 @@
 what failed on the schedule; one relay of all servers does it at a time (lease `webhooks`).
 
 A round of first attempts: read the events after the smallest endpoint position, send each
-to each endpoint whose position it passed and whose types it matches (IN_FLIGHT_MAX lanes,
-each sending one delivery after another on its connection), then, in one short transaction,
-record a delivery per (endpoint, event) with its outcome and move the endpoints' positions
-past the events. No transaction is open while a
-request is in flight: SQLite has one writer, and adjustments must never wait on a receiver.
+to each endpoint whose position it passed and whose types it matches (over up to
+IN_FLIGHT_MAX connections at once, pipelined on those that stayed open), then, in one short
+transaction, record a delivery per (endpoint, event) with its outcome and move the
+endpoints' positions past the events. No transaction is open while a request is in flight:
+SQLite has one writer, and adjustments must never wait on a receiver.
 A crash between the sends and that transaction sends those events again after the restart,
 under the same `webhook-id` (the event's id), which is how receivers drop repeats.
 
@@ -205,8 +205,10 @@ class Dispatcher:
             return False
         async with self._db.write() as conn:
             due = await repository.claim(conn, ids, now, now + RETRY_CLAIM_MS)
+        # One request at a time: retries go to receivers that failed, where a pipeline
+        # would risk more of them waiting out a timeout.
         statuses = await _send_all(
-            client, [(d.url, d.secret, d.event.id, event_json(d.event)) for d in due]
+            client, [(d.url, d.secret, d.event.id, event_json(d.event)) for d in due], 1
         )
         at_ms = now_ms()
         outcomes = []
@@ -232,18 +234,20 @@ class Dispatcher:
 _Send = tuple[str, str, str, bytes]  # url, secret, event id, body
 
 
-async def _send_all(client: Sender, sends: Sequence[_Send]) -> list[int | None]:
+async def _send_all(
+    client: Sender, sends: Sequence[_Send], pipelined: int = PIPELINE_MAX
+) -> list[int | None]:
     """Each signed POST's status, or None where none came in time. Lanes, not a task per
-    delivery: each lane takes the next few deliveries to one endpoint, in order, and sends
-    them on one connection (pipelined once it has stayed open)."""
+    delivery: each lane takes the next `pipelined` deliveries to one endpoint, in order, and
+    sends them on one connection (pipelined once it has stayed open)."""
     statuses: list[int | None] = [None] * len(sends)
     by_url: dict[str, list[int]] = {}
     for index, (url, _, _, _) in enumerate(sends):
         by_url.setdefault(url, []).append(index)
     chunks = iter(
-        (url, indexes[start : start + PIPELINE_MAX])
+        (url, indexes[start : start + pipelined])
         for url, indexes in by_url.items()
-        for start in range(0, len(indexes), PIPELINE_MAX)
+        for start in range(0, len(indexes), pipelined)
     )
 
     async def lane() -> None:
@@ -260,7 +264,7 @@ async def _send_all(client: Sender, sends: Sequence[_Send]) -> list[int | None]:
                 else:
                     statuses[index] = outcome
 
-    lanes = min(IN_FLIGHT_MAX, -(-len(sends) // PIPELINE_MAX))
+    lanes = min(IN_FLIGHT_MAX, -(-len(sends) // pipelined))
     await asyncio.gather(*(lane() for _ in range(lanes)))
     _count(statuses)
     return statuses
