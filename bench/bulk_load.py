@@ -18,6 +18,10 @@ foreign keys, triggers and indexes all stay on):
                             customer's previous row's hash and this row's fields (made
                             from chain.canonical's encoding, checked against chain.link
                             on each chunk's first row: make_chunk)
+    and its event:     the outbox row the service writes beside each adjustment (type
+                       points.adjusted, no copy of the data), at position first + n, where
+                       first follows the outbox's last position; id = "evt_" and the
+                       adjustment's ULID
 
 One customer after the other, and time with n: each index and the table grow at their end,
 so the load does not slow down as they grow.
@@ -26,8 +30,8 @@ The hash chain is sequential per customer, so the rows are made in Python: helpe
 make the next chunks (ids, hashes, and for PostgreSQL the COPY text) while this one writes
 the last (PostgreSQL: `COPY … FROM STDIN` through psql; SQLite: `executemany`). Each chunk
 is one transaction, and sets the balance rows of the customers it touched to their new tip
-(balance, last_seq, last adjustment id, time and hash), so every commit leaves a ledger that
-`loyalty verify` accepts.
+(balance, last_seq, last adjustment id, time and hash) and the outbox's last position, so
+every commit leaves a ledger that `loyalty verify` accepts.
 
 `base` is one millisecond after the newest of these customers was created, and the loader
 waits until the whole history lies in the past. The customers must exist already (made
@@ -57,6 +61,8 @@ ROWS_PER_MS = 1000
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 REASON = "bench bulk load"
 TYPE = "adjustment"
+EVENT_TYPE = "points.adjusted"
+EVENT_COLUMNS = ("position", "id", "type", "subject_id", "customer_id", "created_at_ms", "data")
 COLUMNS = (
     "id",
     "customer_id",
@@ -80,6 +86,8 @@ Progress = Callable[[str], None]
 Row = tuple[str, str, int, str, int, int, str, None, None, None, None, None, int, str | None, str]
 # A customer's new tip: customer, balance, last_seq, last adjustment id, its time, its hash.
 Tip = tuple[str, int, int, str, int, str]
+# One event, in EVENT_COLUMNS' order.
+EventRow = tuple[int, str, str, str, str, int, None]
 
 
 @dataclass(frozen=True)
@@ -93,13 +101,16 @@ class Job:
     low: int
     high: int
     previous_hash: str | None  # the big customer's tip, when the chunk continues its chain
+    first_position: int  # the outbox position of row 0's event
 
 
 @dataclass(frozen=True)
 class Chunk:
     high: int
     rows: list[Row]  # SQLite's
+    events: list[EventRow]  # SQLite's
     copy_text: str  # PostgreSQL's
+    events_copy_text: str  # PostgreSQL's
     tips: list[Tip]
 
 
@@ -157,6 +168,7 @@ def make_chunk(job: Job) -> Chunk:
     on the chunk's first row against chain.link itself; should they ever differ, every row of
     the chunk is hashed by chain.link (slower, the same result)."""
     rows: list[Row] = []
+    events: list[EventRow] = []
     tips: dict[str, Tip] = {}
     previous: str | None = job.previous_hash
     last_customer = BIG_CUSTOMER if job.previous_hash is not None else ""
@@ -193,14 +205,22 @@ def make_chunk(job: Job) -> Chunk:
             )
         )
         tips[customer] = (customer, balance_after, seq, adjustment_id, created_at_ms, digest)
+        event_id = "evt_" + adjustment_id.removeprefix("adj_")
+        position = job.first_position + n
+        events.append(
+            (position, event_id, EVENT_TYPE, adjustment_id, customer, created_at_ms, None)
+        )
     if job.dialect != "postgresql":
-        return Chunk(job.high, rows, "", list(tips.values()))
-    # COPY's text format: tab-separated, \N for NULL (no value here holds a tab, a newline
-    # or a backslash).
-    text = "".join(
+        return Chunk(job.high, rows, events, "", "", list(tips.values()))
+    return Chunk(job.high, [], [], _copy_text(rows), _copy_text(events), list(tips.values()))
+
+
+def _copy_text(rows: list[Row] | list[EventRow]) -> str:
+    """COPY's text format: tab-separated, \\N for NULL (no value here holds a tab, a newline
+    or a backslash)."""
+    return "".join(
         "\t".join("\\N" if value is None else str(value) for value in row) + "\n" for row in rows
     )
-    return Chunk(job.high, [], text, list(tips.values()))
 
 
 def _ranges(plan: LoadPlan) -> list[tuple[int, int]]:
@@ -212,7 +232,9 @@ def _ranges(plan: LoadPlan) -> list[tuple[int, int]]:
     return ranges
 
 
-def _chunks(plan: LoadPlan, dialect: str, base_ms: int, created_by: str | None) -> Iterator[Chunk]:
+def _chunks(
+    plan: LoadPlan, dialect: str, base_ms: int, created_by: str | None, first_position: int
+) -> Iterator[Chunk]:
     """Each chunk in order, the next ones made by the helper processes while this one is
     written. A big-customer chunk continues the previous one's chain, so it is asked for
     only once every chunk before it is back; the others' chunks (whole customers, each
@@ -230,9 +252,8 @@ def _chunks(plan: LoadPlan, dialect: str, base_ms: int, created_by: str | None) 
                 continues = 0 < low < plan.big
                 if continues and in_flight:
                     return  # it needs the big customer's tip from the chunk in flight
-                job = Job(
-                    plan, dialect, base_ms, created_by, low, high, big_tip if continues else None
-                )
+                tip = big_tip if continues else None
+                job = Job(plan, dialect, base_ms, created_by, low, high, tip, first_position)
                 in_flight.append(helpers.submit(make_chunk, job))
                 following += 1
 
@@ -250,7 +271,8 @@ SELECT (SELECT count(*) FROM loyalty_balances
                BETWEEN '{customer_id(0)}' AND '{customer_id(CUSTOMER_COUNT - 1)}')),
        (SELECT count(*) FROM loyalty_adjustments),
        (SELECT max(created_at_ms) FROM customers),
-       (SELECT id FROM users ORDER BY created_at_ms, id LIMIT 1)
+       (SELECT id FROM users ORDER BY created_at_ms, id LIMIT 1),
+       (SELECT last_position FROM loyalty_event_sequence WHERE id = 1)
 """
 
 
@@ -284,26 +306,43 @@ UPDATE loyalty_balances AS b
 """
 
 
+def _last_position_sql(first_position: int, chunk: Chunk) -> str:
+    last = first_position + chunk.high - 1
+    return f"UPDATE loyalty_event_sequence SET last_position = {last} WHERE id = 1;\n"
+
+
 def load_postgresql(url: str, plan: LoadPlan, say: Progress) -> None:
-    customers, adjustments, newest, created_by = psql(url, _PRECONDITION).split("|")
+    customers, adjustments, newest, created_by, last = psql(url, _PRECONDITION).split("|")
     _check_precondition(int(customers), int(adjustments))
     base_ms = _base_ms(plan, int(newest), say)
     started = time.monotonic()
     copy = f"COPY loyalty_adjustments ({', '.join(COLUMNS)}) FROM STDIN;\n"
-    for chunk in _chunks(plan, "postgresql", base_ms, created_by or None):
+    copy_events = f"COPY loyalty_events ({', '.join(EVENT_COLUMNS)}) FROM STDIN;\n"
+    first = int(last) + 1
+    for chunk in _chunks(plan, "postgresql", base_ms, created_by or None, first):
         # The data follows COPY in psql's own input, up to the \. line.
-        psql(url, f"{copy}{chunk.copy_text}\\.\n{_tips_sql(chunk.tips)}", single_transaction=True)
+        psql(
+            url,
+            f"{copy}{chunk.copy_text}\\.\n{copy_events}{chunk.events_copy_text}\\.\n"
+            f"{_tips_sql(chunk.tips)}{_last_position_sql(first, chunk)}",
+            single_transaction=True,
+        )
         say(f"loaded {chunk.high:,} of {plan.total:,} ({time.monotonic() - started:.0f}s)")
     # What autovacuum would do soon after such a load, done now so that it does not run in
     # the middle of a measurement: visibility map, hint bits and planner statistics.
     psql(url, "VACUUM (ANALYZE) loyalty_adjustments;")
     psql(url, "VACUUM (ANALYZE) loyalty_balances;")
+    psql(url, "VACUUM (ANALYZE) loyalty_events;")
     say(f"vacuumed and analyzed ({time.monotonic() - started:.0f}s)")
 
 
 _SQLITE_INSERT = (
     f"INSERT INTO loyalty_adjustments ({', '.join(COLUMNS)})"
     f" VALUES ({', '.join('?' for _ in COLUMNS)})"
+)
+_SQLITE_EVENT = (
+    f"INSERT INTO loyalty_events ({', '.join(EVENT_COLUMNS)})"
+    f" VALUES ({', '.join('?' for _ in EVENT_COLUMNS)})"
 )
 _SQLITE_TIP = (
     "UPDATE loyalty_balances SET balance_hundredths = ?, last_seq = ?, last_adjustment_id = ?,"
@@ -314,14 +353,21 @@ _SQLITE_TIP = (
 def load_sqlite(path: str, plan: LoadPlan, say: Progress) -> None:
     conn = sqlite_connect(path)
     try:
-        customers, adjustments, newest, created_by = conn.execute(_PRECONDITION).fetchone()
+        row = conn.execute(_PRECONDITION).fetchone()
+        customers, adjustments, newest, created_by, last = row
         _check_precondition(customers, adjustments)
         base_ms = _base_ms(plan, newest, say)
         started = time.monotonic()
-        for chunk in _chunks(plan, "sqlite", base_ms, created_by):
+        first = last + 1
+        for chunk in _chunks(plan, "sqlite", base_ms, created_by, first):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.executemany(_SQLITE_INSERT, chunk.rows)
+                conn.executemany(_SQLITE_EVENT, chunk.events)
+                conn.execute(
+                    "UPDATE loyalty_event_sequence SET last_position = ? WHERE id = 1",
+                    (first + chunk.high - 1,),
+                )
                 conn.executemany(
                     _SQLITE_TIP, [(b, s, a, ms, h, c) for c, b, s, a, ms, h in chunk.tips]
                 )
